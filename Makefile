@@ -1,0 +1,34 @@
+# Spark pipeline. `make demo` runs the pipeline on the bundled sample; `make test` runs the tests.
+# Both set everything up on a fresh machine (virtual environment, CPU torch, Universal Ctags).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export SPARK_STORAGE ?= $(CURDIR)/.spark_storage
+export DAGSTER_MODULE_NAME ?= spark_pipeline.definitions
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench ui clean
+
+setup:
+	@bash scripts/setup_env.sh
+	@mkdir -p "$(DAGSTER_HOME)" "$(SPARK_STORAGE)"
+	@cp -n dagster.yaml "$(DAGSTER_HOME)/dagster.yaml" 2>/dev/null || true
+
+demo: setup
+	$(PY) -m spark_pipeline demo
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check spark_pipeline spark_pipeline_tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/specmap_bench.py
+
+ui: setup
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf .spark_storage .dagster_home

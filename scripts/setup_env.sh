@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Creates the project's virtual environment and installs everything the pipeline needs.
+# Idempotent: a second run with nothing changed does nothing. Used by `make demo` / `make test`.
+set -euo pipefail
+
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+STAMP="$VENV/.spark-installed"
+TORCH_VERSION="2.13.0"
+
+# Universal Ctags (SpecMap M3) comes from the system's packages.
+if ! ctags --version 2>/dev/null | grep -q "Universal Ctags"; then
+    echo "setup: installing Universal Ctags"
+    if [ "$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi
+    if command -v apt-get >/dev/null; then
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq universal-ctags >/dev/null
+    elif command -v brew >/dev/null; then
+        brew install universal-ctags
+    else
+        echo "setup: please install Universal Ctags (https://ctags.io) and re-run" >&2
+        exit 1
+    fi
+fi
+
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
+    exit 0
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip setuptools wheel >/dev/null 2>&1 || true
+
+# PyTorch first: on a machine without an NVIDIA GPU take the CPU build (2.13.0+cpu sorts above
+# PyPI's CUDA 2.13.0, so pip picks it; a local wheelhouse in pip's config works the same way).
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+        echo "setup: installing torch $TORCH_VERSION (CUDA)"
+        $PIP install -q "torch==$TORCH_VERSION"
+    else
+        echo "setup: installing torch $TORCH_VERSION (CPU build)"
+        $PIP install -q "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu
+    fi
+fi
+
+echo "setup: installing spark-pipeline and its dependencies (a few minutes the first time)"
+$PIP install -q -e ".[dev]"
+
+# After `. .venv/bin/activate`, plain `dagster asset materialize --select X` finds the code
+# location and the project's instance, as under make.
+if ! grep -q "DAGSTER_MODULE_NAME" "$VENV/bin/activate"; then
+    ROOT="$(pwd)"
+    cat >> "$VENV/bin/activate" <<ACT
+# spark-pipeline: the code location and the local instance
+export DAGSTER_MODULE_NAME=spark_pipeline.definitions
+export DAGSTER_HOME="\${DAGSTER_HOME:-$ROOT/.dagster_home}"
+ACT
+fi
+touch "$STAMP"
+echo "setup: done"

@@ -1,0 +1,104 @@
+"""``spark`` / ``python -m spark_pipeline``: the pipeline's command line.
+
+    spark demo        materialize every asset on the configured pairs (the bundled sample by
+                      default), in the project's Dagster instance, and say where results are
+    spark pairs       list the pairs of the manifest and their partitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from spark_pipeline import settings
+
+
+def _instance():
+    import dagster as dg
+
+    home = settings.default_dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DAGSTER_HOME", str(home))
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text((settings.PROJECT_DIR / "dagster.yaml").read_text())
+    return dg.DagsterInstance.get()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from spark_pipeline.definitions import defs
+    from spark_pipeline.defs.pairs import pairs_partitions
+
+    instance = _instance()
+    storage = settings.storage_root()
+    print(f"storage root : {storage}\nDagster home : {os.environ['DAGSTER_HOME']}\n"
+          f"manifest     : {settings.default_manifest()}\n")
+    assets = list(defs.assets)
+    resources = defs.resources
+    started = time.perf_counter()
+
+    def run(selection: list[str], partition: str | None = None) -> bool:
+        label = ", ".join(selection) + (f" [{partition}]" if partition else "")
+        t0 = time.perf_counter()
+        result = dg.materialize(assets, selection=selection, partition_key=partition, instance=instance,
+                                resources=resources, raise_on_error=False, tags={"spark/source": "demo"},
+                                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        ok = result.success
+        print(f"  {'ok  ' if ok else 'FAIL'} {label} ({time.perf_counter() - t0:.1f} s)")
+        if not ok:
+            for event in result.all_events:
+                if event.is_failure and event.step_failure_data:
+                    print("       " + (event.step_failure_data.error.message or "").strip().splitlines()[0][:300])
+        return ok
+
+    print("SpecMap")
+    if not run(["repo_datasheet_pairs"]):
+        return 1
+    failures = 0
+    for key in instance.get_dynamic_partitions(pairs_partitions.name):
+        if (storage / "pairs" / key / "pair.json").exists():
+            failures += not run(["specmap_mappings"], key)
+
+    print(f"\nfinished in {time.perf_counter() - started:.1f} s\n")
+    print(f"{'pair':28} {'sections':>8} {'impl.':>6} {'partial':>7} {'none':>5} {'coverage':>8}")
+    for key in instance.get_dynamic_partitions(pairs_partitions.name):
+        sidecar = storage / "specmap" / key / "mapping.json"
+        if sidecar.exists():
+            st = json.loads(sidecar.read_text())["stats"]
+            print(f"{key:28} {st['sections']:>8} {st['implemented']:>6} {st['partial']:>7} "
+                  f"{st['not_implemented']:>5} {st['coverage']:>8.0%}")
+    print(f"\nmapping files: {storage / 'specmap'}/<pair>/mapping.txt (+ mapping.json, status.png)")
+    print("browse the runs: make ui, then open http://127.0.0.1:3000")
+    return 1 if failures else 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from spark_pipeline.specmap.pairs import ManifestError, load_manifest
+
+    try:
+        pairs = load_manifest(settings.default_manifest())
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for p in pairs:
+        repo = p.repo_url or p.repo_path
+        print(f"{p.id:28} {p.domain_category:18} {'held-out' if p.held_out else '':9} {repo}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="spark", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="materialize every asset on the configured pairs").set_defaults(fn=cmd_demo)
+    sub.add_parser("pairs", help="list the manifest's pairs").set_defaults(fn=cmd_pairs)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

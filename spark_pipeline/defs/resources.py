@@ -1,0 +1,42 @@
+"""Resources shared by the stages: the storage root and the SpecMap judge."""
+
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from spark_pipeline import settings
+from spark_pipeline.specmap.judge import LLMConfig, SelectionRule, make_judge
+
+
+class SparkStorage(dg.ConfigurableResource):
+    """The storage root every artifact lives under (``$SPARK_STORAGE``, else ``.spark_storage/``)."""
+
+    root: str = Field(default="", description="Folder for all artifacts; empty means $SPARK_STORAGE or "
+                      "the checkout's .spark_storage/.")
+
+    def path(self, *parts: str) -> Path:
+        base = Path(self.root).expanduser().resolve() if self.root else settings.storage_root()
+        return base.joinpath(*parts)
+
+
+class SpecMapJudge(dg.ConfigurableResource):
+    """Which relevance judge SpecMap uses. ``lexical`` runs offline; ``llm`` calls a chat model."""
+
+    kind: str = Field(default="lexical", description="lexical | llm")
+    provider: str = Field(default="openai", description="llm only: openai (any compatible endpoint, "
+                          "e.g. vLLM) | anthropic")
+    model: str = Field(default="", description="llm only: model name")
+    base_url: str = Field(default="", description="llm only: API root, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field(default="", description="llm only: name of the environment variable "
+                             "holding the API key")
+    min_raw: float = Field(default=1.0, description="lexical: absolute relevance floor")
+    rel_cut: float = Field(default=0.5, description="lexical: keep candidates scoring this share of the best")
+
+    def build(self, cache_dir: Path):
+        llm = None
+        if self.kind == "llm":
+            llm = LLMConfig(provider=self.provider, model=self.model, base_url=self.base_url,
+                            api_key_env=self.api_key_env)
+        return make_judge(self.kind, cache_dir, llm, SelectionRule(self.min_raw, self.rel_cut))

@@ -1,0 +1,300 @@
+"""Relevance judges for SpecMap's four phases.
+
+A judge answers two questions: which candidates (folders in M1, files in M2, symbols in
+M3) are relevant to a datasheet section, and (M4) whether the section is implemented.
+The pipeline computes lexical scores for every candidate first; a judge decides from them.
+
+* :class:`LexicalJudge` (default, offline): keeps candidates whose lexical score clears an
+  absolute floor and a share of the best, and accepts the pipeline's rule-based verdict.
+* :class:`LLMJudge`: asks a chat model, through the OpenAI chat-completions protocol (any
+  endpoint, e.g. vLLM) or Anthropic's Messages API. It counts tokens, caches every answer on
+  disk (a re-run costs nothing), retries rate limits and server errors with backoff, and
+  checks every path and symbol it returns against the real tree: what does not exist is
+  dropped and counted. A malformed answer falls back to the lexical decision, also counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+
+from spark_pipeline.records import atomic_write_json
+
+STATUSES = ("implemented", "partial", "not_implemented")
+
+
+@dataclass
+class Candidate:
+    key: str            # folder path, file path or symbol name
+    score: float        # lexical relevance, 0..1 relative to the best candidate
+    raw: float = 0.0    # the unnormalised score
+    evidence: list[str] = field(default_factory=list)
+    preview: str = ""   # what an LLM judge is shown besides the key
+
+
+@dataclass
+class Choice:
+    key: str
+    score: float
+    reason: str = ""
+
+
+@dataclass
+class Verdict:
+    status: str
+    evidence: list[str] = field(default_factory=list)
+    judged_by: str = "lexical"
+
+
+@dataclass
+class JudgeUsage:
+    calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dropped_paths: int = 0
+    dropped_symbols: int = 0
+    invalid_answers: int = 0
+    retries: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "tokens": self.tokens}
+
+
+@dataclass
+class SelectionRule:
+    """How a lexical judge keeps candidates."""
+
+    min_raw: float = 1.0
+    """Absolute floor on the unnormalised score: below it, a best candidate is still noise."""
+    rel_cut: float = 0.5
+    """Keep candidates scoring at least this share of the best one."""
+
+
+class LexicalJudge:
+    name = "lexical"
+
+    def __init__(self, rule: SelectionRule | None = None):
+        self.rule = rule or SelectionRule()
+        self.usage = JudgeUsage()
+
+    def pick(self, stage: str, section_title: str, query: str, candidates: list[Candidate],
+             exists: Callable[[str], bool], limit: int) -> list[Choice]:
+        kept = [c for c in candidates if c.raw >= self.rule.min_raw and c.score >= self.rule.rel_cut]
+        kept.sort(key=lambda c: (-c.score, c.key))
+        return [Choice(c.key, round(c.score, 4), ", ".join(c.evidence[:5])) for c in kept[:limit]]
+
+    def validate(self, section_title: str, query: str, summary: dict, context: list[str],
+                 lexical: Verdict) -> Verdict:
+        return lexical
+
+
+# ------------------------------------------------------------------------------ LLM
+
+
+class JudgeError(RuntimeError):
+    pass
+
+
+@dataclass
+class LLMConfig:
+    provider: str = "openai"  # openai | anthropic
+    model: str = ""
+    base_url: str = ""
+    """OpenAI protocol: the ``.../v1`` root (vLLM: ``http://host:8000/v1``). Anthropic: the API root."""
+    api_key_env: str = ""
+    """Name of the environment variable holding the key (never the key itself)."""
+    max_tokens: int = 1024
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    backoff_s: float = 2.0
+    max_candidates: int = 30
+    """Candidates shown per question (the lexical ranking's best)."""
+    max_prompt_chars: int = 12000
+    """Adaptive chunking: longer section text is cut into pieces of this size."""
+
+
+class ChatClient:
+    """A minimal chat client for the two protocols, with an on-disk answer cache."""
+
+    def __init__(self, config: LLMConfig, cache_dir: Path, usage: JudgeUsage,
+                 session: requests.Session | None = None):
+        if config.provider not in ("openai", "anthropic"):
+            raise JudgeError(f"unknown LLM provider {config.provider!r} (expected openai or anthropic)")
+        if not config.model:
+            raise JudgeError("the LLM judge needs a model name")
+        self.config = config
+        self.cache_dir = Path(cache_dir)
+        self.usage = usage
+        self.session = session or requests.Session()
+        default = "https://api.openai.com/v1" if config.provider == "openai" else "https://api.anthropic.com"
+        self.base_url = (config.base_url or default).rstrip("/")
+        self.api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+
+    def _key(self, system: str, user: str) -> str:
+        blob = json.dumps([self.config.provider, self.config.model, system, user, self.config.max_tokens])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def complete(self, system: str, user: str) -> str:
+        key = self._key(system, user)
+        cached = self.cache_dir / key[:2] / f"{key}.json"
+        if cached.exists():
+            self.usage.cached_calls += 1
+            return json.loads(cached.read_text())["text"]
+        text, prompt_tokens, completion_tokens = self._request(system, user)
+        self.usage.calls += 1
+        self.usage.prompt_tokens += prompt_tokens
+        self.usage.completion_tokens += completion_tokens
+        atomic_write_json(cached, {"text": text, "model": self.config.model,
+                                   "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
+        return text
+
+    def _request(self, system: str, user: str) -> tuple[str, int, int]:
+        cfg = self.config
+        if cfg.provider == "openai":
+            url = f"{self.base_url}/chat/completions"
+            headers = {"Content-Type": "application/json"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            body = {"model": cfg.model, "temperature": 0, "max_tokens": cfg.max_tokens,
+                    "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        else:
+            url = f"{self.base_url}/v1/messages"
+            headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01"}
+            if self.api_key:
+                headers["x-api-key"] = self.api_key
+            body = {"model": cfg.model, "max_tokens": cfg.max_tokens, "temperature": 0, "system": system,
+                    "messages": [{"role": "user", "content": user}]}
+        last_error = ""
+        for attempt in range(cfg.max_retries + 1):
+            if attempt:
+                self.usage.retries += 1
+            try:
+                resp = self.session.post(url, json=body, headers=headers, timeout=cfg.timeout_s)
+            except requests.RequestException as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                time.sleep(cfg.backoff_s * 2 ** attempt)
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                retry_after = resp.headers.get("retry-after")
+                try:
+                    wait = float(retry_after) if retry_after else cfg.backoff_s * 2 ** attempt
+                except ValueError:
+                    wait = cfg.backoff_s * 2 ** attempt
+                time.sleep(min(wait, 60.0))
+                continue
+            if resp.status_code >= 400:
+                raise JudgeError(f"{url} refused the request: HTTP {resp.status_code}: {resp.text[:300]}")
+            data = resp.json()
+            if cfg.provider == "openai":
+                text = data["choices"][0]["message"]["content"] or ""
+                usage = data.get("usage") or {}
+                return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            text = "".join(part.get("text", "") for part in data.get("content", []) if part.get("type") == "text")
+            usage = data.get("usage") or {}
+            return text, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+        raise JudgeError(f"{url} failed after {cfg.max_retries + 1} attempts: {last_error}")
+
+
+_SYSTEM = ("You map hardware datasheet sections to the repository code that implements them. "
+           "Answer with JSON only, no prose.")
+
+_WHAT = {"folders": "repository folders", "files": "source files", "symbols": "code symbols"}
+
+
+def _json_block(text: str):
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fenced:
+        text = fenced.group(1)
+    start = min([i for i in (text.find("{"), text.find("[")) if i >= 0], default=-1)
+    if start < 0:
+        raise ValueError("no JSON in answer")
+    return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+class LLMJudge:
+    name = "llm"
+
+    def __init__(self, config: LLMConfig, cache_dir: Path, session: requests.Session | None = None):
+        self.config = config
+        self.usage = JudgeUsage()
+        self.client = ChatClient(config, cache_dir, self.usage, session)
+        self.name = f"llm:{config.provider}:{config.model}"
+
+    def _chunks(self, query: str) -> list[str]:
+        size = self.config.max_prompt_chars
+        return [query[i:i + size] for i in range(0, max(len(query), 1), size)] or [""]
+
+    def pick(self, stage: str, section_title: str, query: str, candidates: list[Candidate],
+             exists: Callable[[str], bool], limit: int) -> list[Choice]:
+        if not candidates:
+            return []
+        shown = sorted(candidates, key=lambda c: -c.score)[: self.config.max_candidates]
+        listing = "\n".join(f"- {c.key}" + (f"  ({c.preview})" if c.preview else "") for c in shown)
+        best: dict[str, Choice] = {}
+        for piece in self._chunks(query):
+            user = (f"Datasheet section: {section_title}\n\n{piece}\n\n"
+                    f"Candidate {_WHAT.get(stage, stage)}:\n{listing}\n\n"
+                    f"Choose at most {limit} that implement or directly support this section. Reply as "
+                    '{"selected": [{"name": "<exactly as listed>", "score": <0..1>, "reason": "<short>"}]}')
+            try:
+                answer = _json_block(self.client.complete(_SYSTEM, user))
+                items = answer.get("selected", []) if isinstance(answer, dict) else answer
+                parsed = [(str(i["name"]), float(i.get("score", 0.5)), str(i.get("reason", ""))) for i in items]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.usage.invalid_answers += 1
+                return LexicalJudge().pick(stage, section_title, query, candidates, exists, limit)
+            for name, score, reason in parsed:
+                if not exists(name):
+                    if stage == "symbols":
+                        self.usage.dropped_symbols += 1
+                    else:
+                        self.usage.dropped_paths += 1
+                    continue
+                if name not in best or best[name].score < score:
+                    best[name] = Choice(name, max(0.0, min(score, 1.0)), reason)
+        return sorted(best.values(), key=lambda c: (-c.score, c.key))[:limit]
+
+    def validate(self, section_title: str, query: str, summary: dict, context: list[str],
+                 lexical: Verdict) -> Verdict:
+        user = (f"Datasheet section: {section_title}\n\n{query[: self.config.max_prompt_chars]}\n\n"
+                f"Mapped code:\n{json.dumps(summary, indent=1)[:6000]}\n\n"
+                f"Earlier sections and their status (context):\n" + "\n".join(context[-10:]) + "\n\n"
+                'Is this section implemented by the mapped code? Reply as {"status": '
+                '"implemented" | "partial" | "not_implemented", "evidence": ["<short>", ...]}')
+        try:
+            answer = _json_block(self.client.complete(_SYSTEM, user))
+            status = str(answer["status"]).strip().lower().replace(" ", "_")
+            evidence = [str(e) for e in answer.get("evidence", [])][:10]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.usage.invalid_answers += 1
+            return lexical
+        if status not in STATUSES:
+            self.usage.invalid_answers += 1
+            return lexical
+        return Verdict(status, evidence, self.name)
+
+
+def make_judge(kind: str, cache_dir: Path, llm: LLMConfig | None = None,
+               rule: SelectionRule | None = None):
+    """``lexical`` (default) or ``llm`` (needs an :class:`LLMConfig`)."""
+    if kind == "lexical":
+        return LexicalJudge(rule)
+    if kind == "llm":
+        if llm is None:
+            raise JudgeError("judge 'llm' needs its settings (provider, model, base_url, api_key_env)")
+        return LLMJudge(llm, cache_dir)
+    raise JudgeError(f"unknown judge {kind!r} (expected 'lexical' or 'llm')")

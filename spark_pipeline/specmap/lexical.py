@@ -1,0 +1,181 @@
+"""Lexical relevance: BM25 over code tokens, and datasheet names matched to identifiers.
+
+Datasheets name things the code names too: peripherals (``USART2``), registers
+(``PWR_MGMT_1``, ``GPIOx_MODER``), fields (``TXE``). :func:`datasheet_names` pulls those
+names out of a section; :class:`NameIndex` finds them among a repository's identifiers,
+including inside longer ones (``MPU_REG_PWR_MGMT_1``, ``USART_CR1_UE``) and in
+``PERIPH->REG`` accesses.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+_ARROW = re.compile(r"\b([A-Za-z_]\w*)\s*(?:->|\.)\s*([A-Za-z_]\w*)")
+
+STOPWORDS = frozenset("""
+a an and are as at be by can for from has have in into is it its of on or that the this to was were
+which with when will not no if then than these those all any each may must should only also used use
+using see table figure section page note bit bits value values register registers set reset
+""".split())
+
+C_KEYWORDS = frozenset("""
+auto break case char const continue default do double else enum extern float for goto if inline int
+long register restrict return short signed sizeof static struct switch typedef union unsigned void
+volatile while bool true false null define include ifdef ifndef endif elif pragma uint8_t uint16_t
+uint32_t uint64_t int8_t int16_t int32_t int64_t size_t
+""".split())
+
+# Register, field and peripheral names as datasheets write them.
+_NAME_PATTERNS = (
+    re.compile(r"\b[A-Z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+\b"),  # PWR_MGMT_1, GPIOx_MODER, I2C_CR1
+    re.compile(r"\b[A-Z]{2,}[0-9]+[A-Z0-9]*\b"),            # USART2, CR1, TIM10, I2C1
+    re.compile(r"\b[A-Z]{3,}\b"),                           # GPIO, MODER, WHO (filtered below)
+)
+_ENGLISH_CAPS = frozenset("""
+THE AND FOR NOT ALL ANY ARE BUT CAN HAS ITS MAY NOR ONE OUT TWO USE VIA YES NOTE TABLE FIGURE
+SECTION PAGE REV DATE LOW HIGH SET RESET READ WRITE ONLY BIT BITS MAX MIN TYP TBD PDF
+""".split())
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def split_identifier(word: str) -> tuple[str, ...]:
+    parts = []
+    for piece in word.split("_"):
+        parts.extend(p.lower() for p in _CAMEL.findall(piece))
+    return tuple(p for p in parts if p)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _word_tokens(word: str) -> tuple[str, ...]:
+    parts = split_identifier(word)
+    tokens = [p for p in parts if len(p) > 1 and p not in STOPWORDS and p not in C_KEYWORDS]
+    lower = word.lower()
+    if len(parts) > 1 and lower not in C_KEYWORDS:
+        tokens.append(lower)
+    return tuple(tokens)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercased subwords of every word, plus the whole word when it is an identifier."""
+    tokens: list[str] = []
+    for word in _WORD.findall(text):
+        tokens.extend(_word_tokens(word))
+    return tokens
+
+
+def component_runs(ident: str, max_parts: int = 4) -> set[str]:
+    """Every run of up to ``max_parts`` underscore-separated parts: ``A_B_C`` -> A, B, C, A_B, B_C, A_B_C."""
+    parts = [p for p in ident.upper().split("_") if p]
+    return {"_".join(parts[i:j]) for i in range(len(parts))
+            for j in range(i + 1, min(len(parts), i + max_parts) + 1)}
+
+
+def _canonical(name: str) -> str:
+    """Uppercase, with datasheet placeholders dropped: ``GPIOx_MODER`` -> ``GPIO_MODER``."""
+    parts = [re.sub(r"(?<=[A-Z0-9])[xyn]$", "", p) for p in name.split("_")]
+    return "_".join(p for p in parts if p).upper()
+
+
+def datasheet_names(text: str, limit: int = 200) -> list[str]:
+    """Names in a section's text that look like peripherals, registers or fields, in order."""
+    seen: dict[str, None] = {}
+    for pattern in _NAME_PATTERNS:
+        for m in pattern.finditer(text):
+            raw = m.group(0)
+            if raw.isupper() and raw.isalpha() and raw in _ENGLISH_CAPS:
+                continue
+            name = _canonical(raw)
+            if len(name) >= 3 and not name.isdigit():
+                seen.setdefault(name, None)
+            if len(seen) >= limit:
+                return list(seen)
+    return list(seen)
+
+
+def code_identifiers(text: str) -> set[str]:
+    """Identifiers of a source file, uppercased, plus ``A_B`` for each ``A->B`` / ``A.B``."""
+    idents = {w.upper() for w in _WORD.findall(text) if len(w) > 1 and w.lower() not in C_KEYWORDS}
+    for a, b in _ARROW.findall(text):
+        idents.add(f"{a}_{b}".upper())
+    return idents
+
+
+class NameIndex:
+    """Which files mention a datasheet name, as a whole identifier or a run of its parts."""
+
+    def __init__(self, files: dict[str, str], max_parts: int = 4):
+        self._where: dict[str, set[str]] = defaultdict(set)
+        self.n_files = max(len(files), 1)
+        for path, text in files.items():
+            runs: set[str] = set()
+            for ident in code_identifiers(text):
+                runs |= component_runs(ident, max_parts)
+            for run in runs:
+                self._where[run].add(path)
+
+    def files_for(self, name: str) -> set[str]:
+        return self._where.get(name.upper(), set())
+
+    def idf(self, name: str) -> float:
+        df = len(self.files_for(name))
+        return math.log(1 + self.n_files / df) if df else 0.0
+
+    def weight(self, name: str) -> float:
+        """Rarer and longer names are stronger evidence."""
+        return self.idf(name) * (1.0 + 0.5 * (name.count("_")))
+
+    def score_files(self, names: Iterable[str]) -> tuple[dict[str, float], dict[str, list[str]]]:
+        scores: dict[str, float] = defaultdict(float)
+        matched: dict[str, list[str]] = defaultdict(list)
+        for name in names:
+            w = self.weight(name)
+            if w <= 0:
+                continue
+            for path in self.files_for(name):
+                scores[path] += w
+                matched[path].append(name)
+        return dict(scores), dict(matched)
+
+
+class BM25:
+    """Okapi BM25 over tokenized documents (k1=1.5, b=0.75)."""
+
+    def __init__(self, docs: dict[str, list[str]], k1: float = 1.5, b: float = 0.75):
+        self.k1, self.b = k1, b
+        self.keys = list(docs)
+        self.lengths = {k: len(v) for k, v in docs.items()}
+        self.avg = (sum(self.lengths.values()) / len(docs)) if docs else 1.0
+        self.postings: dict[str, dict[str, int]] = defaultdict(dict)
+        for key, tokens in docs.items():
+            for term, tf in Counter(tokens).items():
+                self.postings[term][key] = tf
+        n = len(docs)
+        self.idf = {t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in self.postings.items()}
+
+    def scores(self, query: Iterable[str]) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for term in set(query):
+            postings = self.postings.get(term)
+            if not postings:
+                continue
+            idf = self.idf[term]
+            for key, tf in postings.items():
+                norm = self.k1 * (1 - self.b + self.b * self.lengths[key] / (self.avg or 1.0))
+                out[key] += idf * tf * (self.k1 + 1) / (tf + norm)
+        return dict(out)
+
+
+def chunk_words(text: str, max_words: int, overlap: int = 20) -> list[str]:
+    """Adaptive chunking: a section longer than ``max_words`` becomes overlapping windows."""
+    words = text.split()
+    if len(words) <= max_words:
+        return [text]
+    step = max(max_words - overlap, 1)
+    return [" ".join(words[i:i + max_words]) for i in range(0, len(words) - overlap, step)]
