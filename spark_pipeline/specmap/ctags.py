@@ -66,7 +66,7 @@ def run_ctags(root: Path, paths: list[str], timeout: float = 600) -> dict[str, l
     if not paths:
         return out
     cmd = [ctags_binary(), "--output-format=json", "--langmap=C:+.h", "--fields=+neKSt",
-           "--kinds-C=+px", "--extras=-F", "-f", "-", "-L", "-"]
+           "--kinds-C=+px", "-f", "-", "-L", "-"]
     proc = subprocess.run(cmd, cwd=root, input="\n".join(paths) + "\n", capture_output=True,
                           timeout=timeout, text=True, errors="replace")
     if proc.returncode != 0:

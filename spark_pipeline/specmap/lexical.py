@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
-_ARROW = re.compile(r"\b([A-Za-z_]\w*)\s*(?:->|\.)\s*([A-Za-z_]\w*)")
+_ARROW = re.compile(r"(?=\b([A-Za-z_]\w*)\s*(?:->|\.)\s*([A-Za-z_]\w*))")  # overlapping: a.b->c
 
 STOPWORDS = frozenset("""
 a an and are as at be by can for from has have in into is it its of on or that the this to was were
