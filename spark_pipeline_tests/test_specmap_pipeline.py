@@ -5,7 +5,13 @@ import pytest
 
 from spark_pipeline.settings import SAMPLE_MANIFEST
 from spark_pipeline.specmap.judge import STATUSES
-from spark_pipeline.specmap.mapping_file import SEPARATOR, file_paths, section_statuses, split_sections, write_mapping
+from spark_pipeline.specmap.mapping_file import (
+    SEPARATOR,
+    file_paths,
+    section_statuses,
+    split_sections,
+    write_mapping,
+)
 from spark_pipeline.specmap.pairs import PairError, files_at_revision, load_manifest, resolve_pair
 from spark_pipeline.specmap.pipeline import run_specmap
 from spark_pipeline_tests.conftest import sample_entry, write_manifest

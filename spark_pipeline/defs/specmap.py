@@ -1,15 +1,13 @@
 """``specmap_mappings``: SpecMap M1–M4 for one pair partition, with its asset checks."""
 
 
-import json
-
 import dagster as dg
 
 from spark_pipeline.defs.pairs import pairs_partitions
 from spark_pipeline.defs.resources import SparkStorage, SpecMapJudge
 from spark_pipeline.specmap.ctags import CtagsError
 from spark_pipeline.specmap.judge import STATUSES, JudgeError
-from spark_pipeline.specmap.mapping_file import file_paths, section_statuses, write_mapping
+from spark_pipeline.specmap.mapping_file import check_mapping, write_mapping
 from spark_pipeline.specmap.pairs import PairError, files_at_revision, load_resolved, tree_hash
 from spark_pipeline.specmap.pipeline import SpecMapConfig, run_specmap
 from spark_pipeline.specmap.report import markdown_preview, status_plot
@@ -70,15 +68,7 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
         context.log.warning(rejection.message)
     mapping_text = (out_dir / "mapping.txt").read_text(encoding="utf-8")
 
-    statuses = section_statuses(mapping_text)
-    sidecar_statuses = [s["status"] for s in meta["sections"]]
-    bad = [i for i, s in enumerate(statuses) if s not in STATUSES]
-    status_ok = not bad and len(statuses) == len(sidecar_statuses) and all(s in STATUSES for s in sidecar_statuses)
-
-    present = files_at_revision(resolved)
-    paths = file_paths(mapping_text)
-    missing = sorted({p for p in paths if p not in present})
-
+    checks = check_mapping(mapping_text, meta["sections"], files_at_revision(resolved))
     stats = meta["stats"]
     plot = status_plot(meta, out_dir / "status.png")
     yield dg.MaterializeResult(
@@ -104,10 +94,12 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
         data_version=dg.DataVersion(meta["mapping_sha256"][:16]),
         check_results=[
             dg.AssetCheckResult(
-                check_name=CHECK_STATUS, passed=status_ok,
-                metadata={"sections": len(statuses), "without_status": json.dumps(bad[:20])}),
+                check_name=CHECK_STATUS, passed=checks["status_ok"],
+                metadata={"sections": checks["sections"],
+                          "without_status": dg.MetadataValue.json(checks["without_status"][:20])}),
             dg.AssetCheckResult(
-                check_name=CHECK_PATHS, passed=not missing,
-                metadata={"file_markers": len(paths), "missing": dg.MetadataValue.json(missing[:50])}),
+                check_name=CHECK_PATHS, passed=checks["paths_ok"],
+                metadata={"file_markers": checks["file_markers"],
+                          "missing": dg.MetadataValue.json(checks["missing_paths"][:50])}),
         ],
     )

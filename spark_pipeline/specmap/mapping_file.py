@@ -117,3 +117,24 @@ def section_statuses(text: str) -> list[str | None]:
         m = re.search(r"^Status: (\S+)$", block, re.M)
         out.append(m.group(1) if m else None)
     return out
+
+
+def check_mapping(text: str, sidecar_sections: list[dict], present: set[str]) -> dict:
+    """The two asset checks on a mapping file: every section has a known status (in the text
+    and the sidecar alike), and every ``// File:`` path exists at the pinned revision."""
+    from spark_pipeline.specmap.judge import STATUSES
+
+    statuses = section_statuses(text)
+    without = [i for i, s in enumerate(statuses) if s not in STATUSES]
+    sidecar_bad = [s.get("id") for s in sidecar_sections if s.get("status") not in STATUSES]
+    paths = file_paths(text)
+    missing = sorted({p for p in paths if p not in present})
+    return {
+        "status_ok": not without and not sidecar_bad and len(statuses) == len(sidecar_sections),
+        "sections": len(statuses),
+        "without_status": without,
+        "sidecar_without_status": sidecar_bad,
+        "file_markers": len(paths),
+        "missing_paths": missing,
+        "paths_ok": not missing,
+    }
