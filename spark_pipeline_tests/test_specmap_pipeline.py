@@ -48,7 +48,7 @@ def test_sections_without_code_are_not_implemented(imu):
 
 def test_every_phase_is_visible_in_the_result(imu):
     st = imu.stats()
-    assert st["sections"] == 14 and st["mapped_folders"] >= 2 and st["mapped_files"] >= 3
+    assert st["sections"] == 14 and st["mapped_folders"] >= 2 and st["mapped_files"] >= 2
     assert st["mapped_symbols"] > 10 and 0 < st["coverage"] < 1
     m = next(m for m in imu.sections if m.section.id == "3.3")
     assert m.folders[0].path in {"include", "src"} and m.folders[0].files[0].symbols

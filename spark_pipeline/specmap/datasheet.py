@@ -360,6 +360,10 @@ def read_svd(path: Path) -> list[Section]:
         raise DatasheetError(f"{path}: not a CMSIS-SVD file (root element <{root.tag}>, expected <device>)")
     peripherals = root.findall("./peripherals/peripheral")
     by_name = {_t(p, "name"): p for p in peripherals}
+    instances: dict[str, list[str]] = {}  # base peripheral -> peripherals derived from it
+    for p in peripherals:
+        if p.get("derivedFrom") and p.find("registers") is None:
+            instances.setdefault(p.get("derivedFrom"), []).append(_t(p, "name"))
     sections: list[Section] = []
     ids: set[str] = set()
     for periph in peripherals:
@@ -381,6 +385,7 @@ def read_svd(path: Path) -> list[Section]:
                                 names + reg_names))
         if derived:
             continue  # the base peripheral's register sections already describe the layout
+        others = instances.get(name, [])
         for reg in registers:
             rname = _t(reg, "name")
             fields = reg.findall("./fields/field")
@@ -400,9 +405,11 @@ def read_svd(path: Path) -> list[Section]:
             rtext = (f"Register {name}_{rname} ({_t(reg, 'displayName') or rname}) at offset "
                      f"{_t(reg, 'addressOffset')}, reset value {_t(reg, 'resetValue') or 'n/a'}, "
                      f"access {_t(reg, 'access') or 'n/a'}.\n{_t(reg, 'description')}\n"
+                     + (f"Also in {', '.join(others)}.\n" if others else "")
                      + ("Fields:\n" + "\n".join(field_lines) if field_lines else ""))
             rsid = _unique(ids, f"{name}.{rname}")
             sections.append(Section(rsid, f"{name}_{rname}: {_t(reg, 'description')}"[:120], 2, rtext.strip(),
                                     None, None, psid, path.name,
-                                    [f"{name}_{rname}", rname] + field_names))
+                                    [f"{name}_{rname}"] + [f"{o}_{rname}" for o in others]
+                                    + [rname] + field_names))
     return sections

@@ -15,9 +15,11 @@ M4 validation         sequential over sections, so context carries: a section wi
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from spark_pipeline.records import Rejection
 from spark_pipeline.specmap.ctags import Symbol, run_ctags
@@ -50,6 +52,9 @@ class SpecMapConfig:
     max_excerpt_lines: int = 150
     """Mapping file: at most this many code lines per mapped file."""
     context_lines: int = 1
+    device_bonus: float = 0.25
+    """M1/M2: files whose path names the pair's device (``stm32f411xe.h`` for an STM32F411
+    datasheet) score this much higher than their siblings for other parts."""
     scan: ScanLimits = field(default_factory=ScanLimits)
 
 
@@ -130,8 +135,9 @@ def _normalise(scores: dict[str, float]) -> dict[str, float]:
 class _RepoIndex:
     """Everything M1–M3 look things up in, built once per repository."""
 
-    def __init__(self, scan: RepoScan, symbols: dict[str, list[Symbol]]):
+    def __init__(self, scan: RepoScan, symbols: dict[str, list[Symbol]], device_hints: set[str] = frozenset()):
         self.scan = scan
+        self.device_files = {p for p in scan.files if any(h in p.lower() for h in device_hints)}
         self.symbols = symbols
         texts = {p: f.text for p, f in scan.files.items()}
         self.names = NameIndex(texts)
@@ -218,7 +224,7 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
         raise PairError(f"pair {pair.id!r}: repository {resolved.repo_root} has no usable source files "
                         f"({scan.other_files} other files, {len(scan.rejections)} rejected)")
     symbols = run_ctags(scan.root, sorted(scan.files))
-    index = _RepoIndex(scan, symbols)
+    index = _RepoIndex(scan, symbols, device_hints(pair.datasheets))
 
     mappings: list[SectionMapping] = []
     context: list[str] = []
@@ -236,6 +242,17 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
                          judge.usage.to_dict(), time.perf_counter() - started)
 
 
+def device_hints(datasheets) -> set[str]:
+    """Part numbers in the datasheets' file names (``stm32f411-datasheet.pdf`` -> ``stm32f411``):
+    words of four or more characters that mix letters and digits."""
+    hints = set()
+    for sheet in datasheets:
+        for word in re.split(r"[^a-z0-9]+", Path(sheet.path).stem.lower()):
+            if len(word) >= 4 and re.search(r"[a-z]", word) and re.search(r"\d", word):
+                hints.add(word)
+    return hints
+
+
 def _section_names(section: Section) -> list[str]:
     return section.names or datasheet_names(f"{section.title}\n{section.text}")
 
@@ -247,34 +264,47 @@ def _map_section(section: Section, index: _RepoIndex, judge, config: SpecMapConf
     if not section.text.strip() and not names:
         return mapping
     name_scores, name_hits = index.names.score_files(names)
+    query_tokens = tokenize(query)
+    terms = set(query_tokens)
 
-    # M1: folders; every window of the section votes, a folder keeps its best window.
-    folder_names: dict[str, float] = {}
-    for path, score in name_scores.items():
-        folder = index.scan.files[path].folder
-        folder_names[folder] = max(folder_names.get(folder, 0.0), score)
+    # Every window of the section (adaptive chunking) scores every file; a file keeps its best window.
+    file_bm25: dict[str, float] = {}
     folder_bm25: dict[str, float] = {}
     for window in chunk_words(section.text or section.title, config.chunk_words):
-        for folder, score in index.folder_bm25.scores(tokenize(f"{section.title} {window}")).items():
+        window_tokens = tokenize(f"{section.title} {window}")
+        for path, score in index.file_bm25.scores(window_tokens).items():
+            file_bm25[path] = max(file_bm25.get(path, 0.0), score)
+        for folder, score in index.folder_bm25.scores(window_tokens).items():
             folder_bm25[folder] = max(folder_bm25.get(folder, 0.0), score)
-    combined = _combine(folder_bm25, folder_names, index.folders)
-    candidates = [Candidate(k, rel, raw, sorted({n for p in index.folders[k] for n in name_hits.get(p, [])})[:8],
+    files = _combine(file_bm25, name_scores, index.scan.files)
+    for path in index.device_files:
+        if path in files:  # the pair's own device: its header wins over its siblings'
+            rel, raw = files[path]
+            files[path] = (rel * (1 + config.device_bonus), raw)
+
+    # M1: a folder is as relevant as its best file, with its text as a whole as the tie-break.
+    best_in_folder: dict[str, tuple[float, float]] = {}
+    for path, (rel, raw) in files.items():
+        folder = index.scan.files[path].folder
+        if folder not in best_in_folder or rel > best_in_folder[folder][0]:
+            best_in_folder[folder] = (rel, raw)
+    folder_norm = _normalise(folder_bm25)
+    top = max((r for r, _ in best_in_folder.values()), default=0.0) or 1.0
+    candidates = [Candidate(k, (0.8 * rel / top + 0.2 * folder_norm.get(k, 0.0)), raw,
+                            sorted({n for p in index.folders[k] for n in name_hits.get(p, [])})[:8],
                             preview=", ".join(sorted(p.rsplit("/", 1)[-1] for p in index.folders[k])[:8]))
-                  for k, (rel, raw) in combined.items()]
+                  for k, (rel, raw) in best_in_folder.items()]
     folders = judge.pick("folders", section.title, query, candidates, lambda k: k in index.folders,
                          config.max_folders)
 
-    # M2: files inside the chosen folders.
-    query_tokens = tokenize(query)
-    terms = set(query_tokens)
-    all_file_bm25 = index.file_bm25.scores(query_tokens) if folders else {}
+    # M2: files inside the chosen folders, ranked against each other.
     for choice in folders:
         paths = index.folders[choice.key]
-        file_bm25 = {p: all_file_bm25[p] for p in paths if p in all_file_bm25}
-        combined = _combine(file_bm25, {p: name_scores[p] for p in paths if p in name_scores}, paths)
-        candidates = [Candidate(p, rel, raw, name_hits.get(p, [])[:8],
+        local = {p: files[p] for p in paths if p in files}
+        best = max((rel for rel, _ in local.values()), default=0.0) or 1.0
+        candidates = [Candidate(p, rel / best, raw, name_hits.get(p, [])[:8],
                                 preview=", ".join(s.name for s in index.symbols.get(p, [])[:10]))
-                      for p, (rel, raw) in combined.items()]
+                      for p, (rel, raw) in local.items()]
         picked = judge.pick("files", section.title, query, candidates,
                             lambda k, ps=set(paths): k in ps, config.max_files)
         folder = MappedFolder(choice.key, choice.score, choice.reason)
