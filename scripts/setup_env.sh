@@ -33,15 +33,20 @@ fi
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip setuptools wheel >/dev/null 2>&1 || true
 
-# PyTorch first: on a machine without an NVIDIA GPU take the CPU build (2.13.0+cpu sorts above
-# PyPI's CUDA 2.13.0, so pip picks it; a local wheelhouse in pip's config works the same way).
+# PyTorch first. On a machine without an NVIDIA GPU take the CPU build: from PyTorch's CPU
+# index when it can be reached (torch alone; its dependencies come from PyPI below), else as
+# pip is configured (a local wheelhouse of the CPU build, as on this project's CI machines).
 if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
         echo "setup: installing torch $TORCH_VERSION (CUDA)"
         $PIP install -q "torch==$TORCH_VERSION"
+    elif "$VENV/bin/python" -c "import socket; socket.create_connection(('download.pytorch.org', 443), timeout=3)" 2>/dev/null; then
+        echo "setup: installing torch $TORCH_VERSION (CPU build, PyTorch's CPU index)"
+        $PIP install -q --no-deps "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
     else
-        echo "setup: installing torch $TORCH_VERSION (CPU build)"
-        $PIP install -q "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu
+        echo "setup: installing torch $TORCH_VERSION (PyTorch's CPU index is out of reach; using pip's configuration)"
+        $PIP install -q "torch==$TORCH_VERSION"
+        "$VENV/bin/python" -c "import torch; v = torch.__version__; print('setup: torch', v, '' if '+cpu' in v else '(not the CPU build: expect large CUDA packages)')"
     fi
 fi
 
