@@ -56,13 +56,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     print("       " + (event.step_failure_data.error.message or "").strip().splitlines()[0][:300])
         return ok
 
-    print("SpecMap")
+    print("pairs")
     if not run(["repo_datasheet_pairs"]):
         return 1
+    print("per pair: SpecMap, chunks, quality samples")
     failures = 0
     for key in instance.get_dynamic_partitions(pairs_partitions.name):
         if (storage / "pairs" / key / "pair.json").exists():
-            failures += not run(["specmap_mappings"], key)
+            failures += not run(["specmap_mappings", "section_chunks", "quality_samples"], key)
+    print("all pairs: evaluation sets, training mixture")
+    for selection in (["eval_sets"], ["training_mixture"]):
+        if not run(selection):
+            failures += 1
+            break
 
     print(f"\nfinished in {time.perf_counter() - started:.1f} s\n")
     print(f"{'pair':28} {'sections':>8} {'impl.':>6} {'partial':>7} {'none':>5} {'coverage':>8}")
@@ -73,6 +79,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"{key:28} {st['sections']:>8} {st['implemented']:>6} {st['partial']:>7} "
                   f"{st['not_implemented']:>5} {st['coverage']:>8.0%}")
     print(f"\nmapping files: {storage / 'specmap'}/<pair>/mapping.txt (+ mapping.json, status.png)")
+    manifest = storage / "corpus" / "mixture" / "manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        ev = json.loads((storage / "corpus" / "eval" / "eval.json").read_text())
+        print(f"training mixture: {m['samples']} samples, {m['characters']:,} characters, "
+              f"~{m['estimated_tokens']:,} tokens in {len(m['shards'])} shard(s) at {manifest.parent}")
+        print(f"evaluation sets: {ev['in_domain']} in-domain, {ev['held_out']} held-out samples; "
+              f"contamination found {m['contamination']['found']}, dropped {m['contamination']['dropped']}")
     print("browse the runs: make ui, then open http://127.0.0.1:3000")
     return 1 if failures else 0
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import dagster as dg
 
+from spark_pipeline.defs.corpus import eval_sets, quality_samples, section_chunks, training_mixture
 from spark_pipeline.defs.pairs import new_pairs_sensor, pairs_partitions, repo_datasheet_pairs
-from spark_pipeline.defs.resources import SparkStorage, SpecMapJudge
+from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
 from spark_pipeline.defs.specmap import specmap_mappings
 
 specmap_job = dg.define_asset_job(
     "specmap_job", selection=[specmap_mappings], partitions_def=pairs_partitions,
     description="SpecMap for one pair partition.",
 )
+pair_job = dg.define_asset_job(
+    "pair_job", selection=[specmap_mappings, section_chunks, quality_samples], partitions_def=pairs_partitions,
+    description="Everything per pair: SpecMap, chunks and quality samples for one pair partition.",
+)
 
 defs = dg.Definitions(
-    assets=[repo_datasheet_pairs, specmap_mappings],
-    jobs=[specmap_job],
+    assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture],
+    jobs=[specmap_job, pair_job],
     sensors=[new_pairs_sensor],
-    resources={"storage": SparkStorage(), "judge": SpecMapJudge()},
+    resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig()},
 )

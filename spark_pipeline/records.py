@@ -24,9 +24,13 @@ class Rejection:
     input: str
     reason: str
     message: str
+    text: str = ""  # what was set aside, where there is text to keep
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["text"]:
+            del d["text"]
+        return d
 
 
 def count_reasons(rejections: Iterable[Rejection]) -> dict[str, int]:

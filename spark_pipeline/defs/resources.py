@@ -21,6 +21,18 @@ class SparkStorage(dg.ConfigurableResource):
         return base.joinpath(*parts)
 
 
+class SparkConfig(dg.ConfigurableResource):
+    """The configuration profile the stages read: ``hero`` (the paper's values), ``demo`` (the
+    embedded default) or the path of a YAML file overlaying ``hero``."""
+
+    profile: str = Field(default="", description="empty means $SPARK_PROFILE, else demo")
+
+    def name(self) -> str:
+        from spark_pipeline.config import active_profile
+
+        return self.profile or active_profile()
+
+
 class SpecMapJudge(dg.ConfigurableResource):
     """Which relevance judge SpecMap uses. ``lexical`` runs offline; ``llm`` calls a chat model."""
 

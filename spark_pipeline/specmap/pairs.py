@@ -347,7 +347,24 @@ def prepare_pairs(manifest: Path, storage: Path, log=None) -> Registry:
             atomic_write_json(path, record)
         records[pair.id] = record
         versions[pair.id] = version
+    registry = {"manifest": str(manifest), "order": list(records), "versions": versions,
+                "held_out": [pid for pid, r in records.items() if r["held_out"]],
+                "categories": {pid: r["domain_category"] for pid, r in records.items()}}
+    if _read_json(registry_path(storage)) != registry:
+        atomic_write_json(registry_path(storage), registry)
     return Registry(Path(manifest), records, failures, versions)
+
+
+def registry_path(storage: Path) -> Path:
+    return Path(storage) / "pairs" / "registry.json"
+
+
+def read_registry(storage: Path) -> dict:
+    """The last registry written by ``prepare_pairs``: pair order, versions, held-out pairs."""
+    data = _read_json(registry_path(storage))
+    if not data:
+        raise PairError(f"no pair registry at {registry_path(storage)}: materialize repo_datasheet_pairs first")
+    return data
 
 
 def _read_json(path: Path) -> dict:

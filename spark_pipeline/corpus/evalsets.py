@@ -1,0 +1,83 @@
+"""Evaluation sets (paper §3.4), and the contamination check between training and them.
+
+* In-domain: per category, the samples in that category's last ``tail_shards`` shards (the
+  category's samples in pipeline order, cut into shards of ``category_shard_rows``), from
+  which a stratified, deterministic draw (ordered by sample hash) takes the category's
+  quota: ``in_domain_samples`` spread evenly over the categories present, never more than
+  ``max_fraction`` of a category. These samples are kept out of training.
+* Held-out: every sample of the pairs flagged ``held_out``; those pairs never reach training.
+* Contamination: a training sample whose text equals an evaluation sample's (hash of the
+  whitespace-normalised text), or whose 5-word shingles have a MinHash Jaccard estimate of
+  at least ``minhash_threshold`` with one, is reported, and dropped if so configured.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+
+from spark_pipeline.corpus.settings import EvalSettings
+
+_WORDS = re.compile(r"\w+")
+
+
+def select_in_domain(samples: list[dict], settings: EvalSettings) -> list[dict]:
+    """``samples`` in pipeline order (pair order, then chunk order), held-out pairs excluded."""
+    by_category: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        by_category[s["category"]].append(s)
+    if not by_category:
+        return []
+    quota = math.ceil(settings.in_domain_samples / len(by_category))
+    chosen: list[dict] = []
+    for category in sorted(by_category):
+        rows = by_category[category]
+        shard = max(settings.category_shard_rows, 1)
+        n_shards = math.ceil(len(rows) / shard)
+        first_tail = max(n_shards - settings.tail_shards, 0) * shard
+        tail = rows[first_tail:]
+        take = min(quota, int(settings.max_fraction * len(rows)), len(tail))
+        picked = sorted(tail, key=lambda r: r["sample_hash"])[:take]
+        chosen.extend(picked)
+    order = {id(s): i for i, s in enumerate(samples)}
+    return sorted(chosen, key=lambda s: order[id(s)])
+
+
+def shingles(text: str, n: int = 5) -> set[str]:
+    words = _WORDS.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+class ContaminationIndex:
+    """Exact and near-duplicate look-ups against the evaluation samples."""
+
+    def __init__(self, eval_rows: list[dict], threshold: float, permutations: int):
+        from datasketch import MinHash, MinHashLSH
+
+        self._MinHash = MinHash
+        self.permutations = permutations
+        self.exact = {r["sample_hash"]: r for r in eval_rows}
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=permutations)
+        self.keys: dict[str, dict] = {}
+        for i, row in enumerate(eval_rows):
+            key = f"e{i}"
+            self.lsh.insert(key, self._minhash(row["text"]))
+            self.keys[key] = row
+
+    def _minhash(self, text: str):
+        m = self._MinHash(num_perm=self.permutations, seed=1)
+        for sh in shingles(text):
+            m.update(sh.encode("utf-8"))
+        return m
+
+    def match(self, row: dict) -> tuple[str, dict] | None:
+        """("exact" | "near", the evaluation row) or None."""
+        if row["sample_hash"] in self.exact:
+            return "exact", self.exact[row["sample_hash"]]
+        hits = self.lsh.query(self._minhash(row["text"]))
+        if hits:
+            return "near", self.keys[sorted(hits)[0]]
+        return None

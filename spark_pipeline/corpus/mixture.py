@@ -1,0 +1,170 @@
+"""Stage 4: the ordered training mixture (paper §3.2 stage 4, §3.3, §8.3).
+
+No shuffling: the order is the pairs' order in the manifest, then each pair's chunk order,
+and it is written down as a global ``seq`` column. Each sample is cut to
+``max_tokens × chars_per_token`` characters at the last newline, period or semicolon
+before the limit, and ends with the EOS text. The ``domain_general`` recipe interleaves
+general C samples evenly (a running accumulator, so the same inputs give the same order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spark_pipeline.corpus.chunking import chunk_section
+from spark_pipeline.corpus.evalsets import ContaminationIndex
+from spark_pipeline.corpus.parquet import MIXTURE_SCHEMA, write_table
+from spark_pipeline.corpus.settings import CorpusSettings
+from spark_pipeline.corpus.stages import sample_rows
+from spark_pipeline.records import atomic_write_json
+
+RECIPES = ("domain_only", "domain_general")
+
+
+def truncate(text: str, max_chars: int) -> tuple[str, bool]:
+    if len(text) <= max_chars:
+        return text, False
+    window = text[:max_chars]
+    cut = max(window.rfind("\n"), window.rfind(". "), window.rfind(";"))
+    if cut <= 0:
+        return window, True
+    return window[: cut + 1], True
+
+
+def general_samples(pool: Path, settings: CorpusSettings) -> list[dict]:
+    """The general C pool as samples: each file chunked, cleaned and filtered like domain data."""
+    chunks = []
+    files = sorted(p for p in Path(pool).rglob("*") if p.suffix in {".c", ".h", ".cc", ".cpp"} and p.is_file())
+    for path in files:
+        rel = path.relative_to(pool).as_posix()
+        text = f"// File: {rel}\n" + path.read_text(encoding="utf-8", errors="replace")
+        pieces, _ = chunk_section(rel, text, settings.chunking.max_chars, "general_pool")
+        for piece in pieces:
+            chunks.append({"pair_id": "general_pool", "category": "general", "section_id": rel,
+                           "chunk_index": len(chunks), "text": piece.text, "boundary": piece.boundary,
+                           "source_files": [rel]})
+    kept, _ = sample_rows(chunks, settings)
+    for row in kept:
+        row["category"] = "general"  # the pool is general by definition
+    return kept
+
+
+@dataclass
+class MixtureResult:
+    rows: list[dict]
+    contamination: list[dict] = field(default_factory=list)
+    dropped_contaminated: int = 0
+    truncated: int = 0
+    general_requested: float = 0.0
+    general_achieved: float = 0.0
+
+
+def assemble(domain: list[dict], general: list[dict], eval_rows: list[dict], settings: CorpusSettings,
+             recipe: str | None = None, general_fraction: float | None = None) -> MixtureResult:
+    """Order, decontaminate, cut and interleave. ``domain`` is in pipeline order."""
+    mix = settings.mixture
+    recipe = recipe or mix.recipe
+    fraction = mix.general_fraction if general_fraction is None else general_fraction
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown mixture recipe {recipe!r} (expected one of {', '.join(RECIPES)})")
+    if recipe == "domain_general" and not 0 < fraction < 1:
+        raise ValueError(f"recipe domain_general needs 0 < general_fraction < 1, got {fraction}")
+    result = MixtureResult([], general_requested=fraction if recipe == "domain_general" else 0.0)
+
+    index = ContaminationIndex(eval_rows, settings.eval.minhash_threshold, settings.eval.minhash_permutations)
+    kept_domain = []
+    for row in domain:
+        hit = index.match(row)
+        if hit:
+            kind, ev = hit
+            result.contamination.append({"pair_id": row["pair_id"], "section_id": row["section_id"],
+                                         "chunk_index": row["chunk_index"], "kind": kind,
+                                         "eval_pair_id": ev["pair_id"], "eval_section_id": ev["section_id"],
+                                         "eval_split": ev.get("split", "")})
+            if settings.eval.drop_contaminated:
+                result.dropped_contaminated += 1
+                continue
+        kept_domain.append(row)
+
+    stream: list[tuple[dict, str]] = []
+    if recipe == "domain_general" and general and kept_domain:
+        wanted = round(fraction / (1 - fraction) * len(kept_domain))
+        pool = general[: min(wanted, len(general))]
+        per_domain = len(pool) / len(kept_domain)
+        acc, g = 0.0, 0
+        for row in kept_domain:
+            stream.append((row, "domain"))
+            acc += per_domain
+            while acc >= 1.0 - 1e-9 and g < len(pool):
+                stream.append((pool[g], "general"))
+                g += 1
+                acc -= 1.0
+        stream.extend((r, "general") for r in pool[g:])
+    else:
+        stream = [(row, "domain") for row in kept_domain]
+
+    for seq, (row, source) in enumerate(stream):
+        text, cut = truncate(row["text"], mix.max_chars)
+        result.truncated += cut
+        result.rows.append({"seq": seq, "text": text + mix.eos, "category": row["category"], "source": source,
+                            "pair_id": row["pair_id"], "section_id": row["section_id"],
+                            "chunk_index": row["chunk_index"], "sample_hash": row["sample_hash"],
+                            "truncated": cut})
+    n_general = sum(1 for _, s in stream if s == "general")
+    result.general_achieved = n_general / len(stream) if stream else 0.0
+    return result
+
+
+def write_mixture(out_dir: Path, result: MixtureResult, settings: CorpusSettings, lineage: dict,
+                  recipe: str) -> dict:
+    """Write the shards and ``manifest.json`` into ``out_dir``, replacing what was there only
+    once everything is written. Returns the manifest."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = result.rows
+    shard_rows = max(settings.mixture.shard_rows, 1)
+    shards = []
+    for i in range(0, max(len(rows), 1), shard_rows):
+        part = rows[i:i + shard_rows]
+        if not part and rows:
+            break
+        name = f"shard-{len(shards):05d}.parquet"
+        digest = write_table(tmp / name, part, MIXTURE_SCHEMA, lineage)
+        shards.append({"file": name, "rows": len(part), "sha256": digest,
+                       "first_seq": part[0]["seq"] if part else None, "last_seq": part[-1]["seq"] if part else None})
+    chars = sum(len(r["text"]) for r in rows)
+    mixture_hash = hashlib.sha256(json.dumps([s["sha256"] for s in shards]).encode()).hexdigest()
+    manifest = {
+        "mixture_hash": mixture_hash,
+        "recipe": {"name": recipe, "general_fraction_requested": result.general_requested,
+                   "general_fraction_achieved": round(result.general_achieved, 4),
+                   "max_tokens": settings.mixture.max_tokens, "chars_per_token": settings.mixture.chars_per_token,
+                   "eos": settings.mixture.eos, "shard_rows": shard_rows},
+        "samples": len(rows),
+        "characters": chars,
+        "estimated_tokens": int(chars / settings.mixture.estimate_chars_per_token),
+        "truncated": result.truncated,
+        "categories": dict(sorted(Counter(r["category"] for r in rows).items())),
+        "sources": dict(sorted(Counter(r["source"] for r in rows).items())),
+        "contamination": {"found": len(result.contamination), "dropped": result.dropped_contaminated,
+                          "exact": sum(c["kind"] == "exact" for c in result.contamination),
+                          "near": sum(c["kind"] == "near" for c in result.contamination),
+                          "cases": result.contamination[:200]},
+        "shards": shards,
+        "lineage": lineage,
+    }
+    atomic_write_json(tmp / "manifest.json", manifest)
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest

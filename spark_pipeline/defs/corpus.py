@@ -1,0 +1,253 @@
+"""Corpus assets: ``section_chunks``, ``quality_samples`` (per pair), ``eval_sets`` and
+``training_mixture`` (over all pairs)."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from spark_pipeline.corpus import checks
+from spark_pipeline.corpus.evalsets import select_in_domain
+from spark_pipeline.corpus.mixture import assemble, general_samples, write_mixture
+from spark_pipeline.corpus.parquet import (
+    CHUNK_SCHEMA,
+    EVAL_SCHEMA,
+    REJECTION_SCHEMA,
+    SAMPLE_SCHEMA,
+    read_rows,
+    write_table,
+)
+from spark_pipeline.corpus.settings import CorpusSettings
+from spark_pipeline.corpus.stages import chunk_rows, reason_counts, sample_rows
+from spark_pipeline.defs.pairs import pairs_partitions
+from spark_pipeline.defs.resources import SparkConfig, SparkStorage
+from spark_pipeline.plots import bar_chart, embed_png, histogram
+from spark_pipeline.records import atomic_write_json
+from spark_pipeline.settings import SAMPLE_DIR
+from spark_pipeline.specmap.pairs import PairError, read_registry, record_path
+
+
+def _settings(config: SparkConfig) -> CorpusSettings:
+    return CorpusSettings.load(config.name())
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dg.asset(
+    group_name="corpus",
+    partitions_def=pairs_partitions,
+    deps=["specmap_mappings"],
+    code_version="1",
+    description="Stage 2 (§3.2): the pair's mapping file split at its section separators; large "
+    "sections at // File: markers, then function, then statement boundaries. <storage>/corpus/chunks/<pair>.parquet",
+)
+def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
+    pair_id = context.partition_key
+    settings = _settings(spark_config)
+    mapping = storage.path("specmap", pair_id, "mapping.txt")
+    sidecar = _json(storage.path("specmap", pair_id, "mapping.json"))
+    record = _json(record_path(storage.path(), pair_id))
+    if not mapping.exists() or not record:
+        raise dg.Failure(f"pair {pair_id!r} has no mapping file at {mapping}: materialize specmap_mappings "
+                         f"for this partition first")
+    rows, rejected = chunk_rows(mapping, pair_id, record["domain_category"], settings)
+    out = storage.path("corpus", "chunks")
+    lineage = {"specmap_mappings": sidecar.get("mapping_sha256", "")[:16], "pair_revision": record["revision"]}
+    digest = write_table(out / f"{pair_id}.parquet", rows, CHUNK_SCHEMA, lineage)
+    write_table(out / f"{pair_id}.rejections.parquet", rejected, REJECTION_SCHEMA, lineage)
+    boundaries = {b: sum(r["boundary"] == b for r in rows) for b in ("section", "file", "function", "statement")}
+    return dg.MaterializeResult(
+        metadata={"sections_in": len(sidecar.get("sections", [])), "chunks": len(rows),
+                  "rejected": len(rejected), "rejections_by_reason": dg.MetadataValue.json(reason_counts(rejected)),
+                  "boundaries": dg.MetadataValue.json(boundaries),
+                  "characters": sum(len(r["text"]) for r in rows),
+                  "workers": settings.chunking.effective_workers(),
+                  "path": dg.MetadataValue.path(str(out / f"{pair_id}.parquet")),
+                  "lineage": dg.MetadataValue.json(lineage)},
+        data_version=dg.DataVersion(digest[:16]),
+    )
+
+
+@dg.asset(
+    group_name="corpus",
+    partitions_def=pairs_partitions,
+    deps=["section_chunks"],
+    code_version="1",
+    description="Stage 3 (§3.2): garbage cleaning and the quality filter; every rejection kept with its "
+    "reason. <storage>/corpus/samples/<pair>.parquet and corpus/rejections/<pair>.parquet",
+    check_specs=[dg.AssetCheckSpec("samples_within_length_bounds", asset="quality_samples",
+                                   description="Every kept sample has 50..7,500 characters (the profile's bounds).")],
+)
+def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
+    pair_id = context.partition_key
+    settings = _settings(spark_config)
+    chunks_path = storage.path("corpus", "chunks", f"{pair_id}.parquet")
+    if not chunks_path.exists():
+        raise dg.Failure(f"pair {pair_id!r} has no chunks at {chunks_path}: materialize section_chunks first")
+    chunks = read_rows(chunks_path)
+    kept, rejected = sample_rows(chunks, settings)
+    carried = read_rows(storage.path("corpus", "chunks", f"{pair_id}.rejections.parquet"))
+    all_rejected = carried + rejected
+    from spark_pipeline.corpus.parquet import read_lineage
+    from spark_pipeline.records import sha256_file
+
+    lineage = {"section_chunks": sha256_file(chunks_path)[:16], **read_lineage(chunks_path)}
+    digest = write_table(storage.path("corpus", "samples", f"{pair_id}.parquet"), kept, SAMPLE_SCHEMA, lineage)
+    write_table(storage.path("corpus", "rejections", f"{pair_id}.parquet"), all_rejected, REJECTION_SCHEMA, lineage)
+    lengths = [len(r["text"]) for r in kept]
+    plot = histogram(storage.path("corpus", "plots", f"{pair_id}_lengths.png"), lengths,
+                     f"{pair_id}: {len(kept)} kept samples", "characters")
+    ok, bad = checks.samples_within_bounds(kept, settings.chunking.min_chars, settings.chunking.max_chars)
+    categories = {}
+    for r in kept:
+        categories[r["category"]] = categories.get(r["category"], 0) + 1
+    yield dg.MaterializeResult(
+        metadata={"chunks_in": len(chunks), "kept": len(kept), "rejected": len(rejected),
+                  "rejected_in_chunking": len(carried),
+                  "rejections_by_reason": dg.MetadataValue.json(reason_counts(all_rejected)),
+                  "categories": dg.MetadataValue.json(dict(sorted(categories.items()))),
+                  "characters_kept": sum(lengths),
+                  "length_histogram": dg.MetadataValue.md(embed_png(plot, "kept sample lengths")),
+                  "path": dg.MetadataValue.path(str(storage.path("corpus", "samples", f"{pair_id}.parquet"))),
+                  "lineage": dg.MetadataValue.json(lineage)},
+        data_version=dg.DataVersion(digest[:16]),
+        check_results=[dg.AssetCheckResult(check_name="samples_within_length_bounds", passed=ok,
+                                           metadata={"outside": dg.MetadataValue.json(bad[:20])})],
+    )
+
+
+def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list[dict], dict]:
+    """(registry, in-domain samples in pipeline order, held-out samples, sample-file versions)."""
+    from spark_pipeline.records import sha256_file
+
+    try:
+        registry = read_registry(storage.path())
+    except PairError as exc:
+        raise dg.Failure(str(exc)) from exc
+    domain, held_out, versions, missing = [], [], {}, []
+    for pair_id in registry["order"]:
+        path = storage.path("corpus", "samples", f"{pair_id}.parquet")
+        if not path.exists():
+            missing.append(pair_id)
+            continue
+        versions[pair_id] = sha256_file(path)[:16]
+        rows = read_rows(path)
+        (held_out if pair_id in registry["held_out"] else domain).extend(rows)
+    if missing:
+        log.warning(f"pairs without quality_samples (left out): {', '.join(missing)}")
+    if not versions:
+        raise dg.Failure("no pair has quality_samples yet: materialize quality_samples for the pairs first")
+    return registry, domain, held_out, versions
+
+
+@dg.asset(
+    group_name="corpus",
+    deps=["quality_samples"],
+    code_version="1",
+    description="§3.4: the in-domain set (stratified per category from the tail of each category's "
+    "shards, kept out of training) and the held-out set (pairs flagged held_out). <storage>/corpus/eval/",
+)
+def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
+    settings = _settings(spark_config)
+    _, domain, held_out, versions = _ordered_samples(storage, context.log)
+    in_domain = select_in_domain(domain, settings.eval)
+    out = storage.path("corpus", "eval")
+    lineage = {"quality_samples": versions}
+    rows_in = [{"split": "in_domain", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in in_domain]
+    rows_out = [{"split": "held_out", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in held_out]
+    h_in = write_table(out / "in_domain.parquet", rows_in, EVAL_SCHEMA, lineage)
+    h_out = write_table(out / "held_out.parquet", rows_out, EVAL_SCHEMA, lineage)
+    per_category: dict[str, dict[str, int]] = {}
+    for split, rows in (("in_domain", rows_in), ("held_out", rows_out)):
+        for r in rows:
+            per_category.setdefault(r["category"], {"in_domain": 0, "held_out": 0})[split] += 1
+    summary = {"in_domain": len(rows_in), "held_out": len(rows_out), "sha256": {"in_domain": h_in, "held_out": h_out},
+               "per_category": dict(sorted(per_category.items())), "lineage": lineage}
+    atomic_write_json(out / "eval.json", summary)
+    return dg.MaterializeResult(
+        metadata={"in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
+                  "per_category": dg.MetadataValue.json(summary["per_category"]),
+                  "path": dg.MetadataValue.path(str(out)), "lineage": dg.MetadataValue.json(lineage)},
+        data_version=dg.DataVersion((h_in[:8] + h_out[:8])),
+    )
+
+
+class MixtureConfig(dg.Config):
+    recipe: str = Field(default="", description="domain_only | domain_general; empty: the profile's")
+    general_fraction: float = Field(default=-1.0, description="share of general C (0.1-0.5 in the paper's "
+                                    "sweep); negative: the profile's")
+    general_pool: str = Field(default="", description="folder of general C; empty: the bundled sample pool")
+
+
+@dg.asset(
+    group_name="corpus",
+    deps=["quality_samples", "eval_sets"],
+    code_version="1",
+    description="Stage 4 (§3.2): samples in strict pipeline order (no shuffling, recorded as `seq`), cut "
+    "to 2,048 tokens at 4 chars/token on a boundary, EOS appended, decontaminated against eval_sets, "
+    "written as Parquet shards + manifest.json. <storage>/corpus/mixture/",
+    check_specs=[
+        dg.AssetCheckSpec("rows_end_with_eos", asset="training_mixture", description="Every row ends with the EOS text."),
+        dg.AssetCheckSpec("seq_strictly_increasing", asset="training_mixture",
+                          description="seq rises strictly across all shards in order."),
+        dg.AssetCheckSpec("no_eval_sample_in_training", asset="training_mixture",
+                          description="No training row has the hash of an evaluation sample."),
+    ],
+)
+def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, storage: SparkStorage,
+                     spark_config: SparkConfig):
+    settings = _settings(spark_config)
+    _, domain, _, versions = _ordered_samples(storage, context.log)
+    eval_dir = storage.path("corpus", "eval")
+    if not (eval_dir / "eval.json").exists():
+        raise dg.Failure(f"no evaluation sets at {eval_dir}: materialize eval_sets first")
+    eval_rows = read_rows(eval_dir / "in_domain.parquet") + read_rows(eval_dir / "held_out.parquet")
+    recipe = config.recipe or settings.mixture.recipe
+    fraction = config.general_fraction if config.general_fraction >= 0 else settings.mixture.general_fraction
+    general = []
+    if recipe == "domain_general":
+        pool = Path(config.general_pool) if config.general_pool else SAMPLE_DIR / "general_c"
+        general = general_samples(pool, settings)
+    try:
+        result = assemble(domain, general, eval_rows, settings, recipe, fraction)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
+    eval_summary = _json(eval_dir / "eval.json")
+    lineage = {"quality_samples": versions, "eval_sets": eval_summary.get("sha256", {})}
+    manifest = write_mixture(storage.path("corpus", "mixture"), result, settings, lineage, recipe)
+    if manifest["recipe"]["general_fraction_requested"] and \
+            manifest["recipe"]["general_fraction_achieved"] < manifest["recipe"]["general_fraction_requested"] - 0.01:
+        context.log.warning(f"general C pool too small: {manifest['recipe']['general_fraction_achieved']:.0%} "
+                            f"achieved of {manifest['recipe']['general_fraction_requested']:.0%} requested")
+    cats = manifest["categories"]
+    plot = bar_chart(storage.path("corpus", "plots", "mixture_categories.png"), list(cats), list(cats.values()),
+                     f"training mixture: {manifest['samples']} samples by category")
+    eos = settings.mixture.eos
+    seqs = [r["seq"] for r in result.rows]
+    ok_eos, bad_eos = checks.rows_end_with_eos(result.rows, eos)
+    ok_seq, bad_seq = checks.seq_strictly_increasing(seqs)
+    ok_eval, bad_eval = checks.no_eval_in_training(result.rows, eval_rows, eos)
+    yield dg.MaterializeResult(
+        metadata={"samples": manifest["samples"], "characters": manifest["characters"],
+                  "estimated_tokens": manifest["estimated_tokens"], "shards": len(manifest["shards"]),
+                  "recipe": dg.MetadataValue.json(manifest["recipe"]),
+                  "categories": dg.MetadataValue.json(cats),
+                  "category_plot": dg.MetadataValue.md(embed_png(plot, "samples per category")),
+                  "contamination": dg.MetadataValue.json({k: v for k, v in manifest["contamination"].items()
+                                                          if k != "cases"}),
+                  "truncated": manifest["truncated"], "mixture_hash": manifest["mixture_hash"],
+                  "manifest": dg.MetadataValue.path(str(storage.path("corpus", "mixture", "manifest.json"))),
+                  "lineage": dg.MetadataValue.json(lineage)},
+        data_version=dg.DataVersion(manifest["mixture_hash"][:16]),
+        check_results=[
+            dg.AssetCheckResult(check_name="rows_end_with_eos", passed=ok_eos,
+                                metadata={"bad_seq": dg.MetadataValue.json(bad_eos[:20])}),
+            dg.AssetCheckResult(check_name="seq_strictly_increasing", passed=ok_seq,
+                                metadata={"bad_positions": dg.MetadataValue.json(bad_seq[:20])}),
+            dg.AssetCheckResult(check_name="no_eval_sample_in_training", passed=ok_eval,
+                                metadata={"bad_seq": dg.MetadataValue.json(bad_eval[:20])}),
+        ],
+    )
