@@ -171,7 +171,7 @@ def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_co
         metadata={"in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
                   "per_category": dg.MetadataValue.json(summary["per_category"]),
                   "path": dg.MetadataValue.path(str(out)), "lineage": dg.MetadataValue.json(lineage)},
-        data_version=dg.DataVersion((h_in[:8] + h_out[:8])),
+        data_version=dg.DataVersion(h_in[:8] + h_out[:8]),
     )
 
 
