@@ -58,3 +58,11 @@ def sample_entry(pair_id: str = "skm6_imu_i2c", **overrides) -> dict:
     entry["datasheets"] = [str(SAMPLE_DIR / d) for d in entry["datasheets"]]
     entry.update(overrides)
     return entry
+
+
+def dagster_resources(storage: Path, profile: str = "demo") -> dict:
+    """Every resource the definitions need, pointed at a test's storage root."""
+    from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
+
+    return {"storage": SparkStorage(root=str(storage)), "judge": SpecMapJudge(),
+            "spark_config": SparkConfig(profile=profile)}

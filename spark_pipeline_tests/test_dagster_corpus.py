@@ -7,8 +7,7 @@ import pytest
 
 from spark_pipeline.corpus.parquet import read_lineage, read_rows
 from spark_pipeline.definitions import defs
-from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
-from spark_pipeline_tests.conftest import sample_entry, write_manifest
+from spark_pipeline_tests.conftest import dagster_resources, sample_entry, write_manifest
 
 ASSETS = list(defs.assets)
 PAIRS = ["skm6_imu_i2c", "spk32_gpio_uart_hal", "aes128_accelerator"]
@@ -17,8 +16,7 @@ PAIRS = ["skm6_imu_i2c", "spk32_gpio_uart_hal", "aes128_accelerator"]
 @pytest.fixture
 def built(storage, tmp_path):
     with dg.instance_for_test() as instance:
-        resources = {"storage": SparkStorage(root=str(storage)), "judge": SpecMapJudge(),
-                     "spark_config": SparkConfig(profile="demo")}
+        resources = dagster_resources(storage)
         manifest = write_manifest(tmp_path / "pairs.yaml", [sample_entry(p) for p in PAIRS])
 
         def run(selection, partition=None, run_config=None):
@@ -102,7 +100,6 @@ def test_domain_general_recipe_from_run_config(built):
 def test_mixture_before_eval_sets_says_what_to_do(storage):
     with dg.instance_for_test() as instance:
         result = dg.materialize(ASSETS, selection=["training_mixture"], instance=instance,
-                                resources={"storage": SparkStorage(root=str(storage)), "judge": SpecMapJudge(),
-                                           "spark_config": SparkConfig()}, raise_on_error=False)
+                                resources=dagster_resources(storage), raise_on_error=False)
         error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
         assert "materialize repo_datasheet_pairs first" in error

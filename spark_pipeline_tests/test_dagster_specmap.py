@@ -5,9 +5,8 @@ import pytest
 
 from spark_pipeline.definitions import defs
 from spark_pipeline.defs.pairs import pairs_partitions
-from spark_pipeline.defs.resources import SparkStorage, SpecMapJudge
 from spark_pipeline.specmap.mapping_file import SEPARATOR, check_mapping
-from spark_pipeline_tests.conftest import sample_entry, write_manifest
+from spark_pipeline_tests.conftest import dagster_resources, sample_entry, write_manifest
 
 ASSETS = list(defs.assets)
 
@@ -19,7 +18,7 @@ def instance():
 
 
 def _resources(storage):
-    return {"storage": SparkStorage(root=str(storage)), "judge": SpecMapJudge()}
+    return dagster_resources(storage)
 
 
 def _register(instance, storage, manifest):
