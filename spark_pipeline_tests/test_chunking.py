@@ -113,3 +113,11 @@ def test_workers_are_capped_by_cores():
     import os
 
     assert s.effective_workers() == os.cpu_count()
+
+
+def test_brace_counting_when_no_block_closes_in_column_zero():
+    body = "".join(_func(f"f{i}", 70).replace("\n", "\n    ") for i in range(4))  # a whole file indented
+    text = "// File: indented.c\nnamespace_like {\n    " + body + "\n}\n"
+    chunks, _ = chunk_section("8", text, 7500)
+    assert len(chunks) >= 2 and all(len(c.text) <= 7500 for c in chunks)
+    assert "".join(c.text for c in chunks) == text

@@ -15,6 +15,7 @@ match wins, and the rule's name is kept beside the category:
 
 from __future__ import annotations
 
+import functools
 import re
 
 from spark_pipeline.specmap.pairs import DOMAIN_CATEGORIES
@@ -41,21 +42,32 @@ PATH_RULES: tuple[tuple[str, re.Pattern], ...] = (
 _HARDWARE = re.compile(
     r"\bvolatile\b|0[xX][0-9A-Fa-f]{6,}|->\s*[A-Z][A-Z0-9_]{1,}\b|\b__attribute__\b|\b__asm|\basm\s*\(|\bIRQ|_IRQHandler|"
     r"\bregister\b|\bREG_|_REG\b|\b(?:GPIO|UART|USART|SPI|I2C|RCC|DMA|TIM|ADC|NVIC|SCB)\w*|\bioread|\bwritel|\breadl")
-_CODE = re.compile(r"[;{}]\s*$", re.M)
+
+
+@functools.lru_cache(maxsize=65536)
+def path_category(paths: tuple[str, ...]) -> str | None:
+    """The category every one of ``paths`` points to, or None (chunks of one file repeat their
+    paths, so the answer is cached)."""
+    for category, pattern in PATH_RULES:
+        if all(pattern.search(path) for path in paths):
+            return category
+    return None
 
 
 def categorize(text: str, source_files: list[str], manifest_category: str) -> tuple[str, str]:
     """(category, rule) for one sample."""
     if manifest_category not in DOMAIN_CATEGORIES:
         raise ValueError(f"unknown domain category {manifest_category!r}")
-    lines = len(_NONEMPTY.findall(text))
-    defines = len(_DEFINE_NUMBER.findall(text))
-    if defines >= 5 and defines >= 0.5 * lines:
-        return "register_defines", "content:register_defines"
+    if text.count("define") >= 5:  # cheap guard before the line-by-line patterns
+        lines = len(_NONEMPTY.findall(text))
+        defines = len(_DEFINE_NUMBER.findall(text))
+        if defines >= 5 and defines >= 0.5 * lines:
+            return "register_defines", "content:register_defines"
     if source_files:
-        for category, pattern in PATH_RULES:
-            if all(pattern.search(path) for path in source_files):
-                return category, f"path:{category}"
-    if len(_CODE.findall(text)) >= 3 and not _HARDWARE.search(text):
+        by_path = path_category(tuple(source_files))
+        if by_path:
+            return by_path, f"path:{by_path}"
+    code_lines = text.count(";\n") + text.count("{\n") + text.count("}\n")
+    if code_lines >= 3 and not _HARDWARE.search(text):
         return "general", "content:general"
     return manifest_category, "manifest"

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from spark_pipeline.corpus.settings import ChunkingSettings
 from spark_pipeline.records import Rejection
 
-SEPARATOR_RE = re.compile(rb"^={82}[ \t]*\r?$\n?", re.M)
 FILE_MARKER_RE = re.compile(r"^// File: (.+)$", re.M)
 _HEADER_RE = re.compile(r"^Section (\S+?):", re.M)
-_TOKENS_RE = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|//[^\n]*|/\*.*?(?:\*/|\Z)|[{}]|\n', re.S)
+_TOKENS_RE = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|//[^\n]*|/\*.*?(?:\*/|\Z)|[{}]', re.S)
 
 
 @dataclass
@@ -40,35 +39,81 @@ class _Piece:
     files: list[str]
 
 
+_SEP = b"=" * 82
+
+
+def split_blocks(data: bytes) -> list[bytes] | None:
+    """The raw blocks between separator lines (a line of exactly 82 ``=``), found with byte
+    searches; None when the data holds no separator line."""
+    cuts: list[tuple[int, int]] = []
+    pos = data.find(_SEP)
+    while pos >= 0:
+        end = pos + len(_SEP)
+        at_line_start = pos == 0 or data[pos - 1:pos] == b"\n"
+        tail = end
+        while data[tail:tail + 1] in (b" ", b"\t"):
+            tail += 1
+        if data[tail:tail + 2] == b"\r\n":
+            tail += 1
+        at_line_end = tail >= len(data) or data[tail:tail + 1] == b"\n"
+        if at_line_start and at_line_end:
+            cuts.append((pos, min(tail + 1, len(data))))
+            pos = data.find(_SEP, tail)
+        else:
+            pos = data.find(_SEP, end)
+    if not cuts:
+        return None
+    blocks, last = [], 0
+    for start, stop in cuts:
+        blocks.append(data[last:start])
+        last = stop
+    blocks.append(data[last:])
+    return blocks
+
+
+def _section(args) -> tuple[str | None, str, Rejection | None]:
+    """Decode and normalise one raw block: (section id, text, rejection)."""
+    number, raw, source = args
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = raw.decode("utf-8", errors="backslashreplace")
+        sid = _section_id(text, number)
+        return None, text, Rejection("chunking", f"{source}#{sid}", "invalid_utf8",
+                                     f"{source}: section {sid} is not valid UTF-8 (byte {exc.start}); "
+                                     "kept here with the bad bytes escaped", text)
+    sid = _section_id(text, number)
+    if not text.strip():
+        return None, text, Rejection("chunking", f"{source}#{sid}", "empty_section",
+                                     f"{source}: section {sid} holds only whitespace", text)
+    # Line endings and tabs are normalised here, not only in cleaning, so that a chunk's
+    # size is its final size (a tab-indented chunk would otherwise grow past the limit).
+    return sid, normalise(text).strip("\n"), None
+
+
 def split_mapping(data: bytes, source: str) -> tuple[list[tuple[str, str]], list[Rejection]]:
     """(section id, text) for every section of a mapping file, and rejections for sections
     that are empty or not valid UTF-8 (their text is kept in the rejection)."""
-    rejections: list[Rejection] = []
-    sections: list[tuple[str, str]] = []
-    blocks = SEPARATOR_RE.split(data)
-    if len(blocks) == 1:
-        rejections.append(Rejection("chunking", source, "no_sections",
-                                    f"{source}: no line of 82 '=' found; the file holds no mapping sections"))
-        return [], rejections
+    blocks = split_blocks(data)
+    if blocks is None:
+        return [], [Rejection("chunking", source, "no_sections",
+                              f"{source}: no line of 82 '=' found; the file holds no mapping sections")]
+    sections, rejections = [], []
     for number, raw in enumerate(blocks):
         if number == 0 and not raw.strip():
             continue  # the file starts with a separator
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            text = raw.decode("utf-8", errors="backslashreplace")
-            sid = _section_id(text, number)
-            rejections.append(Rejection("chunking", f"{source}#{sid}", "invalid_utf8",
-                                        f"{source}: section {sid} is not valid UTF-8 (byte {exc.start}); "
-                                        "kept here with the bad bytes escaped", text))
-            continue
-        sid = _section_id(text, number)
-        if not text.strip():
-            rejections.append(Rejection("chunking", f"{source}#{sid}", "empty_section",
-                                        f"{source}: section {sid} holds only whitespace", text))
-            continue
-        sections.append((sid, text.replace("\r\n", "\n").strip("\n")))
+        sid, text, rejection = _section((number, raw, source))
+        if rejection:
+            rejections.append(rejection)
+        else:
+            sections.append((sid, text))
     return sections, rejections
+
+
+def normalise(text: str, tab_width: int = 4) -> str:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.expandtabs(tab_width) if "\t" in text else text
 
 
 def _section_id(text: str, number: int) -> str:
@@ -90,23 +135,51 @@ def _file_pieces(text: str) -> list[_Piece]:
 
 
 def _function_pieces(piece: _Piece) -> list[_Piece]:
-    """Cut after each line on which a top-level ``{ ... }`` block closes."""
+    """Cut after each line on which a top-level ``{ ... }`` block closes.
+
+    Most C code closes a top-level block with ``}`` (or ``};``) in column 0, which a string
+    search finds at memory speed; a raw newline cannot occur inside a string literal, so such
+    a line is never inside one. Code written otherwise (a whole file indented, say) falls back
+    to counting braces, skipping strings, character literals and comments."""
     text = piece.text
     cuts = []
+    pos = text.find("\n}")
+    while pos >= 0:
+        end = text.find("\n", pos + 2)
+        line = text[pos + 1:end if end >= 0 else len(text)].rstrip()
+        if line in ("}", "};") and end >= 0:
+            cuts.append(end + 1)
+        pos = text.find("\n}", pos + 2)
+    if text.startswith("}"):
+        first = text.find("\n")
+        if first >= 0 and text[:first].rstrip() in ("}", "};"):
+            cuts.insert(0, first + 1)
+    if not cuts:
+        cuts = _brace_cuts(text)
+    return _cut(piece, cuts)
+
+
+def _brace_cuts(text: str) -> list[int]:
+    if "}" not in text:
+        return []
+    cuts = []
     depth = 0
-    closed = False
+    skip_to = 0
     for m in _TOKENS_RE.finditer(text):
+        if m.start() < skip_to:
+            continue
         tok = m.group(0)
         if tok == "{":
             depth += 1
         elif tok == "}":
             depth = max(depth - 1, 0)
-            closed = closed or depth == 0
-        elif tok == "\n":
-            if depth == 0 and closed:
-                cuts.append(m.end())
-            closed = False
-    return _cut(piece, cuts)
+            if depth == 0:
+                end = text.find("\n", m.end())
+                if end < 0:
+                    break
+                cuts.append(end + 1)
+                skip_to = end + 1
+    return cuts
 
 
 def _statement_pieces(piece: _Piece) -> list[_Piece]:
@@ -182,23 +255,31 @@ def chunk_section(section_id: str, text: str, max_chars: int, source: str = "") 
     return chunks, rejections
 
 
-def _chunk_one(args):
-    section_id, text, max_chars, source = args
-    return chunk_section(section_id, text, max_chars, source)
+def _chunk_block(args) -> tuple[list[Chunk], list[Rejection]]:
+    number, raw, max_chars, source = args
+    sid, text, rejection = _section((number, raw, source))
+    if rejection:
+        return [], [rejection]
+    return chunk_section(sid, text, max_chars, source)
 
 
 def chunk_mapping(data: bytes, source: str, settings: ChunkingSettings,
                   workers: int | None = None) -> tuple[list[Chunk], list[Rejection]]:
-    """Chunk a whole mapping file; sections are spread over a process pool (in order)."""
-    sections, rejections = split_mapping(data, source)
-    jobs = [(sid, text, settings.max_chars, source) for sid, text in sections]
+    """Chunk a whole mapping file. The parent only finds the separators; decoding,
+    normalising and chunking of each section run in a process pool, results in order."""
+    blocks = split_blocks(data)
+    if blocks is None:
+        return [], split_mapping(data, source)[1]
+    jobs = [(number, raw, settings.max_chars, source) for number, raw in enumerate(blocks)
+            if number or raw.strip()]
     n = workers if workers is not None else settings.effective_workers()
     if n > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=n) as pool:
-            results = list(pool.map(_chunk_one, jobs, chunksize=max(1, len(jobs) // (n * 4))))
+            results = list(pool.map(_chunk_block, jobs, chunksize=max(1, len(jobs) // (n * 4))))
     else:
-        results = [_chunk_one(job) for job in jobs]
+        results = [_chunk_block(job) for job in jobs]
     chunks: list[Chunk] = []
+    rejections: list[Rejection] = []
     for section_chunks, section_rejections in results:
         rejections.extend(section_rejections)
         for chunk in section_chunks:

@@ -12,7 +12,7 @@ Two choices the paper leaves open, made here and documented in docs/corpus.md:
   that belong to a number (``0xFFFFFFFFFFFF``, ``1000000000``) are kept (collapsing them
   would change constants).
 * "Garbage" is every non-space character that is not a letter, digit or ASCII punctuation,
-  plus every character of a line with no letter or digit at all.
+  plus every character of a line of three or more characters with no letter or digit.
 
 Filters follow datatrove's shape: ``filter(sample) -> bool | tuple[bool, str]``; the first
 that says no gives the rejection's reason.
@@ -21,22 +21,30 @@ that says no gives the rejection's reason.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from spark_pipeline.corpus.settings import CleaningSettings
 
+# Line-level patterns run on "\n" + text + "\n" and start with a literal newline, which the
+# regular-expression engine finds at memory speed; a removed line takes its leading "\n" along.
 _BOX = re.compile(r"[\u2500-\u259f\u25a0-\u25ff]+")  # box drawing, block elements, geometric shapes
-_EMPTY_COMMENTS = re.compile(r"/\*[\s*!]*\*/|^[ \t]*//[/!]*[ \t]*$\n?|^[ \t]*#[ \t]*$\n?", re.M)
-_DOXY_GROUP = re.compile(r"^[ \t]*(?:/\*\*?!?|\*|//[/!]?)?[ \t]*[@\\][{}][ \t]*(?:\*/)?[ \t]*$\n?", re.M)
-_STAR_RUN = re.compile(r"(?:^[ \t]*\*[ \t]*\n){2,}", re.M)
-_ART_CHARS = r"|+\-/\\_=*#<>^.:~'`!o"
-_ART_CANDIDATE = re.compile(r"^.*(?:[|+][-=_]{2,}|[-=_]{2,}[|+]|\|[ \t]{2,}\||[/\\][_-]{2,}|[_-]{2,}[/\\]).*$", re.M)
+_EMPTY_BLOCK = re.compile(r"/\*[\s*!]*\*/")
+_EMPTY_LINE_COMMENT = re.compile(r"\n[ \t]*(?://[/!]*|#)[ \t]*(?=\n)")
+_DOXY_GROUP = re.compile(r"\n[ \t]*(?:/\*\*?!?|\*|//[/!]?)?[ \t]*[@\\][{}][ \t]*(?:\*/)?[ \t]*(?=\n)")
+_STAR_RUN = re.compile(r"\n[ \t]*\*[ \t]*(?:\n[ \t]*\*[ \t]*)+(?=\n)")
+_ART_LINE = re.compile(r"\n *[^A-Za-z0-9\s][^A-Za-z0-9\n]{2,}(?=\n)")  # no letter or digit, 3+ characters
+_BLANK_RUN = re.compile(r"\n{3,}")
+_HEX_BEFORE = frozenset("0123456789abcdefABCDEFxX")
+_PUNCT_SPACE = string.punctuation + " \t"
+_ART_CHARS = frozenset("|+-/\\_=*#<>^.:~'`!")
 _CODE_INDICATORS = re.compile(
     r"#\s*include\b|#\s*define\b|\b(?:void|int|struct|typedef|if|else|for|while|switch|case|return|do|goto|"
     r"break|continue)\b")
 _WORD = re.compile(r"\b[A-Za-z]{2,}\b")
-_ALNUM_LINE = re.compile(r"^[^\n]*[A-Za-z0-9][^\n]*$", re.M)
 _NOT_ASCII_TEXT = re.compile(r"[^\x20-\x7e\s]")
 
 
@@ -51,66 +59,161 @@ class CleanStats:
     garbage_ratio: float = 0.0
 
 
+def _is_art(line: str) -> bool:
+    """A line with no letter or digit, three or more visible characters, half of them drawing
+    characters, and a drawing's structure: two kinds of stroke (``+--+``) or strokes spaced
+    apart (``|   |``). A run of one character is the separator rule's business."""
+    core = "".join(line.split())
+    if len(core) < 3 or sum(c in _ART_CHARS for c in core) < 0.5 * len(core):
+        return False
+    return len(set(core)) >= 2 or "  " in line.strip()
+
+
 class Cleaner:
     def __init__(self, settings: CleaningSettings):
         self.s = settings
         run = settings.separator_min_run
         # a whole line that is a separator run, optionally wrapped in comment markers
         self._separator = re.compile(
-            rf"^[ \t]*(?P<open>/\*+|//+|#|;)?[ \t]*(?:-{{{run},}}|={{{run},}}|\*{{{run},}}|_{{{run},}})[ \t]*"
-            rf"(?P<close>\*+/)?[ \t]*$\n?", re.M)
-        n = settings.repeat_min_run - 1
-        self._repeat = re.compile(rf"(?<![0-9A-Fa-fxX])([^\s0-9])\1{{{n},}}")
+            rf"[ \t]*(?P<open>/\*+|//+|#|;)?[ \t]*(?:-{{{run},}}|={{{run},}}|\*{{{run},}}|_{{{run},}})[ \t]*"
+            rf"(?P<close>\*+/)?[ \t]*")
         self._keep = settings.repeat_keep
+        self._runs = tuple(c * run for c in "-=*_")
 
-    def _separator_line(self, m: re.Match) -> str:
-        opened, closed = m.group("open"), m.group("close")
-        if opened and opened.startswith("/*") and not closed:
-            return "/*\n"  # the line opened a comment: keep the opener
-        if closed and not opened:
-            return "*/\n"  # the line closed a comment: keep the closer
-        return ""
+    def _remove_separators(self, t: str) -> tuple[str, int]:
+        """Find each run with a string search, then test only the line around it."""
+        spans: dict[int, tuple[int, str]] = {}
+        for run in self._runs:
+            pos = t.find(run)
+            while pos >= 0:
+                start = t.rfind("\n", 0, pos)
+                end = t.find("\n", pos)
+                if start not in spans:
+                    m = self._separator.fullmatch(t, start + 1, end)
+                    if m:
+                        opened, closed = m.group("open"), m.group("close")
+                        keep = ""
+                        if opened and opened.startswith("/*") and not closed:
+                            keep = "\n/*"  # the line opened a comment: keep the opener
+                        elif closed and not opened:
+                            keep = "\n*/"  # the line closed a comment: keep the closer
+                        spans[start] = (end, keep)
+                pos = t.find(run, end)
+        if not spans:
+            return t, 0
+        out, last = [], 0
+        for start in sorted(spans):
+            end, keep = spans[start]
+            out.append(t[last:start])
+            out.append(keep)
+            last = end
+        out.append(t[last:])
+        return "".join(out), len(spans)
 
     def clean(self, text: str) -> tuple[str, CleanStats]:
+        """Each pass is guarded by a substring test that runs at memory speed, so a pattern
+        only runs on the samples that can match it."""
         st = CleanStats(chars_before=len(text))
-        text = text.replace("\r\n", "\n").replace("\r", "\n").expandtabs(self.s.tab_width)
-        text, st.separator_lines = self._separator.subn(self._separator_line, text)
-        text, boxes = _BOX.subn("", text)
-        art = 0
-
-        def art_line(m: re.Match) -> str:
-            nonlocal art
-            line = m.group(0)
-            core = "".join(line.split())
-            if len(core) >= 3 and sum(c.isalnum() for c in core) <= 0.25 * len(core) and \
-                    sum(c in _ART_CHARS for c in core) >= 0.5 * len(core):
-                art += 1
-                return ""
-            return line
-
-        text = _ART_CANDIDATE.sub(art_line, text)
-        st.art_removed = boxes + art
-        text, empty = _EMPTY_COMMENTS.subn("", text)
-        text, groups = _DOXY_GROUP.subn("", text)
-        text, stars = _STAR_RUN.subn(lambda m: m.group(0).split("\n", 1)[0] + "\n", text)
-        st.comment_blocks_removed = empty + groups + stars
-        text, st.repeats_collapsed = self._repeat.subn(lambda m: m.group(1) * self._keep, text)
-        text = re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\t" in text:
+            text = text.expandtabs(self.s.tab_width)
+        t = "\n" + text + "\n"
+        t, st.separator_lines = self._remove_separators(t)
+        boxes = 0
+        ascii_only = t.isascii()
+        if not ascii_only:
+            t, boxes = _BOX.subn("", t)
+        removed = 0
+        if "/*" in t and "*/" in t:
+            t, n = _EMPTY_BLOCK.subn("", t)
+            removed += n
+        if "//\n" in t or "#\n" in t or "// \n" in t or "//!" in t:
+            t, n = _EMPTY_LINE_COMMENT.subn("", t)
+            removed += n
+        if "@{" in t or "@}" in t:
+            t, n = _DOXY_GROUP.subn("", t)
+            removed += n
+        if "*\n *\n" in t or "*\n*\n" in t:
+            t, n = _STAR_RUN.subn(lambda m: m.group(0)[: m.group(0).find("\n", 1)], t)  # keep the first
+            removed += n
+        st.comment_blocks_removed = removed
+        t, st.repeats_collapsed = self._collapse_repeats(t)
+        # ASCII art and the garbage share come from one scan of the lines with no letter or
+        # digit and three or more characters: drawings are removed, the rest counts as garbage.
+        art, junk = [], 0
+        for m in _ART_LINE.finditer(t):
+            if _is_art(m.group(0)):
+                art.append(m)
+            else:
+                line = m.group(0)
+                junk += len(line) - line.count(" ") - 1
+        if art:
+            pieces, last = [], 0
+            for m in art:
+                pieces.append(t[last:m.start()])
+                last = m.end()
+            pieces.append(t[last:])
+            t = "".join(pieces)
+        st.art_removed = boxes + len(art)
+        if "\n\n\n" in t:
+            t = _BLANK_RUN.sub("\n\n", t)
+        text = t.strip("\n") + "\n"
         st.chars_after = len(text)
-        st.garbage_ratio = garbage_ratio(text)
+        visible = len(text) - text.count(" ") - text.count("\n")
+        odd = 0 if ascii_only else len(_NOT_ASCII_TEXT.findall(text))
+        st.garbage_ratio = min(1.0, (odd + junk) / visible) if visible > 0 else 1.0
         return text, st
+
+    def _collapse_repeats(self, text: str) -> tuple[str, int]:
+        """Runs of ``repeat_min_run``+ equal characters, found with numpy at memory speed, then
+        cut to ``repeat_keep`` unless whitespace or part of a number."""
+        n = len(text)
+        need = self.s.repeat_min_run
+        if n < need:
+            return text, 0
+        if text.isascii():
+            codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        else:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        same = np.zeros(n + 1, dtype=np.int8)
+        eq = codes[1:] == codes[:-1]
+        eq &= codes[1:] != 32  # runs of spaces are indentation: never collapsed
+        if np.count_nonzero(eq) < need - 1:
+            return text, 0
+        same[1:-1] = eq  # same[i] = 1 when text[i] == text[i - 1]
+        edges = np.flatnonzero(np.diff(same))
+        if not len(edges):
+            return text, 0
+        starts, ends = edges[0::2] + 1, edges[1::2] + 1  # runs of same == 1 over [start, end)
+        long = (ends - starts) >= need - 1
+        if not long.any():
+            return text, 0
+        out, last, count = [], 0, 0
+        for a, b in zip((starts[long] - 1).tolist(), ends[long].tolist(), strict=True):
+            ch = text[a]
+            if ch.isspace() or ch.isdigit() or (a > 0 and text[a - 1] in _HEX_BEFORE):
+                continue
+            out.append(text[last:a])
+            out.append(ch * self._keep)
+            last = b
+            count += 1
+        if not count:
+            return text, 0
+        out.append(text[last:])
+        return "".join(out), count
 
 
 def garbage_ratio(text: str) -> float:
     """Share of non-space characters that are garbage: not a letter, digit or ASCII
-    punctuation, or on a line with no letter or digit at all."""
-    visible = len(text) - sum(text.count(c) for c in " \n\t")
+    punctuation, or on a line of three or more characters with no letter or digit (what is
+    left of drawings, banners and dumps; a closing ``}`` is code, not garbage)."""
+    visible = len(text) - text.count(" ") - text.count("\n")
     if visible <= 0:
         return 1.0
-    odd = len(_NOT_ASCII_TEXT.findall(text))
-    alnum_lines = sum(len(m.group(0)) - m.group(0).count(" ") for m in _ALNUM_LINE.finditer(text))
-    no_alnum = visible - alnum_lines  # characters on lines without a letter or digit
-    return min(1.0, (odd + max(no_alnum, 0)) / visible)
+    odd = 0 if text.isascii() else len(_NOT_ASCII_TEXT.findall(text))
+    lines = "".join(_ART_LINE.findall("\n" + text + "\n"))
+    return min(1.0, (odd + len(lines) - lines.count(" ") - lines.count("\n")) / visible)
 
 
 # ------------------------------------------------------------------------- filters

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 from spark_pipeline.corpus.categories import categorize
@@ -15,8 +14,9 @@ from spark_pipeline.records import Rejection
 
 
 def text_hash(text: str) -> str:
-    """The identity of a sample's text: sha256 of its whitespace-normalised form."""
-    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+    """The identity of a sample's text: sha256 of the cleaned text (cleaning has already
+    normalised line endings and tabs; near-duplicates are MinHash's business)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def rejection_row(pair_id: str, r: Rejection, section_id: str = "", chunk_index: int = -1) -> dict:
@@ -35,8 +35,28 @@ def chunk_rows(mapping: Path, pair_id: str, category: str, settings: CorpusSetti
     return rows, rejected
 
 
-def sample_rows(chunks: list[dict], settings: CorpusSettings) -> tuple[list[dict], list[dict]]:
-    """Stage 3 for one pair's chunks: cleaned, filtered, categorised samples and rejections."""
+def sample_rows(chunks: list[dict], settings: CorpusSettings,
+                workers: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Stage 3 for one pair's chunks: cleaned, filtered, categorised samples and rejections,
+    in chunk order. Batches of chunks are spread over ``workers`` processes."""
+    n = workers if workers is not None else settings.chunking.effective_workers()
+    if n > 1 and len(chunks) > 64:
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = max(16, len(chunks) // (n * 8))
+        batches = [chunks[i:i + size] for i in range(0, len(chunks), size)]
+        kept: list[dict] = []
+        rejected: list[dict] = []
+        with ProcessPoolExecutor(max_workers=n) as pool:
+            for k, r in pool.map(_sample_batch, [(b, settings) for b in batches]):
+                kept.extend(k)
+                rejected.extend(r)
+        return kept, rejected
+    return _sample_batch((chunks, settings))
+
+
+def _sample_batch(args) -> tuple[list[dict], list[dict]]:
+    chunks, settings = args
     cleaner = Cleaner(settings.cleaning)
     filters = default_filters(settings.cleaning, settings.chunking.min_chars, settings.chunking.max_chars)
     kept: list[dict] = []
@@ -53,7 +73,7 @@ def sample_rows(chunks: list[dict], settings: CorpusSettings) -> tuple[list[dict
             continue
         category, rule = categorize(text, list(chunk["source_files"] or []), chunk["category"])
         kept.append({**chunk, "text": text, "category": category, "category_rule": rule,
-                     "sample_hash": text_hash(text), **asdict(stats)})
+                     "sample_hash": text_hash(text), **vars(stats)})
     return kept, rejected
 
 
