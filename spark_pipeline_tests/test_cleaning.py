@@ -103,3 +103,13 @@ def test_categories_register_defines_path_general_and_manifest():
     assert categorize(hw, [], "crypto") == ("crypto", "manifest")
     with pytest.raises(ValueError):
         categorize("x", [], "toasters")
+
+
+@pytest.mark.parametrize("line,numeric", [("#define A 0x10u", True), ("#define B (12U)", True),
+                                          ("# define C (0x3UL << 4)", True), ("#define D BIT(3)", True),
+                                          ("#define E foo(1)", False), ("#define F", False),
+                                          ("#define G (FOO | 1)", False), ("int x = 0x10;", False)])
+def test_number_defines(line, numeric):
+    from spark_pipeline.corpus.categories import _number_define
+
+    assert _number_define(line) is numeric

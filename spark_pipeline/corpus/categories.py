@@ -20,10 +20,18 @@ import re
 
 from spark_pipeline.specmap.pairs import DOMAIN_CATEGORIES
 
-_DEFINE_NUMBER = re.compile(
-    r"^\s*#\s*define\s+[A-Za-z_]\w*\s+\(?\s*(?:0[xX][0-9A-Fa-f]+|\d+|\(?\s*\d+U?L?\s*<<\s*\d+\s*\)?|BIT\(\d+\))[uUlL]*\s*\)?"
-    r"\s*(?:/[*/].*)?$", re.M)
-_NONEMPTY = re.compile(r"^\s*\S", re.M)
+
+def _number_define(line: str) -> bool:
+    """``#define NAME value`` where the value is a number, a shifted bit or ``BIT(n)``,
+    possibly parenthesised and suffixed (``(0x3UL << 4)``, ``(12U)``, ``BIT(3)``)."""
+    parts = line.split(None, 3)
+    if len(parts) >= 2 and parts[0] == "#" and parts[1] == "define":
+        parts = ["#define"] + line.split(None, 4)[2:]
+    if len(parts) < 3 or parts[0] != "#define":
+        return False
+    value = parts[2].lstrip("(")
+    return value[:1].isdigit() or value.startswith("BIT(")
+
 
 PATH_RULES: tuple[tuple[str, re.Pattern], ...] = (
     ("device_tree", re.compile(r"\.dtsi?$|\.overlay$|devicetree/bindings/|/dts/")),
@@ -39,9 +47,11 @@ PATH_RULES: tuple[tuple[str, re.Pattern], ...] = (
     ("linux_kernel", re.compile(r"(^|/)(drivers|arch|kernel|include/linux)/")),
 )
 
-_HARDWARE = re.compile(
-    r"\bvolatile\b|0[xX][0-9A-Fa-f]{6,}|->\s*[A-Z][A-Z0-9_]{1,}\b|\b__attribute__\b|\b__asm|\basm\s*\(|\bIRQ|_IRQHandler|"
-    r"\bregister\b|\bREG_|_REG\b|\b(?:GPIO|UART|USART|SPI|I2C|RCC|DMA|TIM|ADC|NVIC|SCB)\w*|\bioread|\bwritel|\breadl")
+# Signs of the hardware: words found by plain substring search, then the two patterns that
+# need a regular expression (register-width hex constants, PERIPH->REG accesses).
+_HARDWARE_WORDS = ("volatile", "__attribute__", "asm", "IRQ", "register", "REG_", "_REG", "GPIO", "UART", "SPI",
+                   "I2C", "RCC", "DMA", "TIM", "ADC", "NVIC", "SCB", "ioread", "iowrite", "readl", "writel")
+_HARDWARE = re.compile(r"0[xX][0-9A-Fa-f]{6}|->\s*[A-Z][A-Z0-9_]")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -58,16 +68,16 @@ def categorize(text: str, source_files: list[str], manifest_category: str) -> tu
     """(category, rule) for one sample."""
     if manifest_category not in DOMAIN_CATEGORIES:
         raise ValueError(f"unknown domain category {manifest_category!r}")
-    if text.count("define") >= 5:  # cheap guard before the line-by-line patterns
-        lines = len(_NONEMPTY.findall(text))
-        defines = len(_DEFINE_NUMBER.findall(text))
-        if defines >= 5 and defines >= 0.5 * lines:
+    if text.count("define") >= 5:  # cheap guard before looking at lines
+        lines = [line for line in text.split("\n") if line.strip()]
+        defines = sum(1 for line in lines if "define" in line and _number_define(line.strip()))
+        if defines >= 5 and defines >= 0.5 * len(lines):
             return "register_defines", "content:register_defines"
     if source_files:
         by_path = path_category(tuple(source_files))
         if by_path:
             return by_path, f"path:{by_path}"
     code_lines = text.count(";\n") + text.count("{\n") + text.count("}\n")
-    if code_lines >= 3 and not _HARDWARE.search(text):
+    if code_lines >= 3 and not any(word in text for word in _HARDWARE_WORDS) and not _HARDWARE.search(text):
         return "general", "content:general"
     return manifest_category, "manifest"
