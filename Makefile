@@ -26,6 +26,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/specmap_bench.py
+	$(PY) benchmarks/corpus_bench.py
 
 ui: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
