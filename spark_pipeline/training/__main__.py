@@ -1,0 +1,5 @@
+import sys
+
+from spark_pipeline.training.loop import main
+
+sys.exit(main())

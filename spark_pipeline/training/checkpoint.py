@@ -1,0 +1,111 @@
+"""Checkpoints: a standard PEFT adapter folder plus everything needed to resume by index.
+
+    checkpoint-<step>/                 (or emergency_checkpoint/)
+      adapter_config.json, adapter_model.safetensors   PeftModel.from_pretrained loads these
+      optimizer.pt, scheduler.pt       optimizer and LR schedule
+      rng_state_<rank>.pt              torch (CPU, CUDA), Python and numpy generators per rank
+      trainer_state.json               step, rows consumed, data fingerprint, health, W&B run id
+      lineage.json                     mixture hash, pair partitions and versions, cache key,
+                                       config hash, code version, W&B run id
+
+Written into a temporary folder and renamed when complete. PEFT is told not to save the
+base model's full embedding and lm_head matrices (1.5 GiB at 7B): only the adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spark_pipeline.records import atomic_write_json, sha256_file
+
+
+def code_version() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                                   timeout=5).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    from spark_pipeline import __version__
+
+    return f"spark-pipeline-{__version__}"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, trainer_state: dict, lineage: dict, rank: int,
+                    world: int, barrier=None) -> Path:
+    """Rank 0 writes the shared files; every rank writes its RNG state."""
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if barrier:
+        barrier()
+    torch.save(rng_state(), tmp / f"rng_state_{rank}.pt")
+    if rank == 0:
+        model.save_pretrained(tmp, save_embedding_layers=False)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "world_size": world})
+        adapter = tmp / "adapter_model.safetensors"
+        atomic_write_json(tmp / "lineage.json", {**lineage, "adapter_sha256": sha256_file(adapter),
+                                                 "step": trainer_state["step"]})
+    if barrier:
+        barrier()
+    if rank == 0:
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    if barrier:
+        barrier()
+    return folder
+
+
+def load_trainer_state(folder: Path) -> dict:
+    return json.loads((Path(folder) / "trainer_state.json").read_text())
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int) -> dict:
+    """Restore adapters, optimizer, schedule and this rank's RNG; returns the trainer state."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise RuntimeError(f"{folder}: adapter weights do not fit this model: {unexpected[:5]}")
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng_file = folder / f"rng_state_{rank}.pt"
+    if not rng_file.exists():
+        rng_file = folder / "rng_state_0.pt"
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return load_trainer_state(folder)
