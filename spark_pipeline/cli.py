@@ -64,8 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for key in instance.get_dynamic_partitions(pairs_partitions.name):
         if (storage / "pairs" / key / "pair.json").exists():
             failures += not run(["specmap_mappings", "section_chunks", "quality_samples"], key)
-    print("all pairs: evaluation sets, training mixture")
-    for selection in (["eval_sets"], ["training_mixture"]):
+    print("all pairs: evaluation sets, training mixture; tokenization; training")
+    for selection in (["eval_sets"], ["training_mixture"], ["tokenized_cache"], ["train_hero"]):
         if not run(selection):
             failures += 1
             break
@@ -87,6 +87,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"~{m['estimated_tokens']:,} tokens in {len(m['shards'])} shard(s) at {manifest.parent}")
         print(f"evaluation sets: {ev['in_domain']} in-domain, {ev['held_out']} held-out samples; "
               f"contamination found {m['contamination']['found']}, dropped {m['contamination']['dropped']}")
+    result = storage / "runs" / "hero" / "result.json"
+    if result.exists():
+        r = json.loads(result.read_text())
+        print(f"training: {r['steps']} steps, final loss {r['final_loss']:.3f}, {r['trainable_parameters']:,} trainable "
+              f"parameters; checkpoint {r['final_checkpoint']}")
+        print(f"lineage: {r['final_checkpoint']}/lineage.json")
     print("browse the runs: make ui, then open http://127.0.0.1:3000")
     return 1 if failures else 0
 

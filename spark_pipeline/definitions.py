@@ -8,6 +8,7 @@ from spark_pipeline.defs.corpus import eval_sets, quality_samples, section_chunk
 from spark_pipeline.defs.pairs import new_pairs_sensor, pairs_partitions, repo_datasheet_pairs
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
 from spark_pipeline.defs.specmap import specmap_mappings
+from spark_pipeline.defs.training import tokenized_cache, train_hero
 
 specmap_job = dg.define_asset_job(
     "specmap_job", selection=[specmap_mappings], partitions_def=pairs_partitions,
@@ -19,8 +20,10 @@ pair_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture],
+    assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture,
+            tokenized_cache, train_hero],
     jobs=[specmap_job, pair_job],
     sensors=[new_pairs_sensor],
-    resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig()},
+    resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig(),
+               "pipes_subprocess_client": dg.PipesSubprocessClient()},
 )

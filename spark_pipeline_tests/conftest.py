@@ -62,7 +62,9 @@ def sample_entry(pair_id: str = "skm6_imu_i2c", **overrides) -> dict:
 
 def dagster_resources(storage: Path, profile: str = "demo") -> dict:
     """Every resource the definitions need, pointed at a test's storage root."""
+    import dagster as dg
+
     from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
 
     return {"storage": SparkStorage(root=str(storage)), "judge": SpecMapJudge(),
-            "spark_config": SparkConfig(profile=profile)}
+            "spark_config": SparkConfig(profile=profile), "pipes_subprocess_client": dg.PipesSubprocessClient()}

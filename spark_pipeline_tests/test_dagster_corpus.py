@@ -1,6 +1,7 @@
 """The corpus assets through a real Dagster instance, on three sample pairs (one held out)."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -103,3 +104,40 @@ def test_mixture_before_eval_sets_says_what_to_do(storage):
                                 resources=dagster_resources(storage), raise_on_error=False)
         error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
         assert "materialize repo_datasheet_pairs first" in error
+
+
+def test_tokenized_cache_and_train_hero_through_pipes(built, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    storage = built["storage"]
+    tok = built["run"](["tokenized_cache"])
+    assert tok.success
+    meta = tok.asset_materializations_for_node("tokenized_cache")[0].metadata
+    assert meta["samples"].value > 0 and 0 < meta["packing_efficiency"].value <= 1
+    key = meta["cache_key"].value
+    assert (storage / "tokens" / key / ".done").exists()
+
+    train = built["run"](["train_hero"], run_config={"ops": {"train_hero": {"config": {"max_steps": 2}}}})
+    assert train.success
+    mat = train.asset_materializations_for_node("train_hero")[0]
+    md = mat.metadata
+    assert md["steps"].value == 2 and md["exit"].value == "finished"
+    assert md["trainable_parameters"].value > 0 and "data:image/png;base64," in md["loss_curve"].value
+    final = Path(md["final_checkpoint"].value)
+    lineage = json.loads((final / "lineage.json").read_text())
+    manifest = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
+    registry = json.loads((storage / "pairs" / "registry.json").read_text())
+    assert lineage["mixture_hash"] == manifest["mixture_hash"] and lineage["tokenized_cache"] == key
+    assert lineage["pairs"] == {p: registry["versions"][p] for p in ("skm6_imu_i2c", "spk32_gpio_uart_hal")}, \
+        "the held-out pair is not in the training data's lineage"
+    assert lineage["dagster_run_id"] == train.run_id
+    events = built["instance"].get_records_for_run(train.run_id).records
+    messages = [e.event_log_entry.user_message for e in events]
+    assert any("trainable parameters" in m for m in messages), "rank 0's log reached Dagster through Pipes"
+
+
+def test_train_hero_says_what_to_materialize_first(storage):
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(ASSETS, selection=["train_hero"], instance=instance,
+                                resources=dagster_resources(storage), raise_on_error=False)
+        error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+        assert "materialize" in error and "tokenized_cache" in error

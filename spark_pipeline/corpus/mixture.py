@@ -154,6 +154,7 @@ def write_mixture(out_dir: Path, result: MixtureResult, settings: CorpusSettings
         "truncated": result.truncated,
         "categories": dict(sorted(Counter(r["category"] for r in rows).items())),
         "sources": dict(sorted(Counter(r["source"] for r in rows).items())),
+        "pairs": dict(Counter(r["pair_id"] for r in rows)),  # rows per pair, in first-appearance order
         "contamination": {"found": len(result.contamination), "dropped": result.dropped_contaminated,
                           "exact": sum(c["kind"] == "exact" for c in result.contamination),
                           "near": sum(c["kind"] == "near" for c in result.contamination),
