@@ -154,3 +154,29 @@ def test_two_processes_with_gloo_stay_in_sync(tmp_path, cache):
     assert out.count("trainable parameters") == 1, "only rank 0 reports"
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["rows_consumed"] == 3 * 2 * 2
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGHUP"])
+def test_other_signals_save_an_emergency_checkpoint(tmp_path, cache, sig):
+    run_dir, result, _ = _run(tmp_path, cache, f"sig-{sig}", _settings(max_steps=4, save_every_steps=100),
+                              extra=["--stop-after", "1", "--stop-signal", sig])
+    assert result["exit"] == sig and result["steps"] == 1
+    assert (run_dir / "emergency_checkpoint" / "adapter_model.safetensors").exists()
+
+
+def test_checkpoints_upload_to_gcs_and_resume_from_gs(tmp_path, cache, monkeypatch):
+    from spark_pipeline_tests.gcs_emulator import Emulator
+
+    emu = Emulator().start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.host)
+        settings = _settings(max_steps=3, save_every_steps=3)
+        run_dir, result, out = _run(tmp_path, cache, "gcs", settings, extra=["--upload", "gs://spark-test/runs/gcs"])
+        assert [u["state"] for u in result["uploads"]] == ["uploaded"]
+        assert result["final_checkpoint_url"] == "gs://spark-test/runs/gcs/checkpoint-3"
+        assert not (run_dir / "checkpoints" / "checkpoint-3").exists(), "deleted locally after the verified upload"
+        _, resumed, out = _run(tmp_path, cache, "gcs-resume", _settings(max_steps=5, save_every_steps=5),
+                               resume="gs://spark-test/runs/gcs/checkpoint-3")
+        assert "starting at step 3" in out and resumed["steps"] == 5
+    finally:
+        emu.stop()

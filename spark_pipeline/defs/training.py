@@ -69,6 +69,9 @@ class TrainConfig(dg.Config):
     resume: str = Field(default="", description="'' (fresh), 'latest', a checkpoint folder or gs:// URL")
     max_steps: int = Field(default=0, description="stop after this step; 0: the profile's")
     run_name: str = Field(default="hero", description="folder under <storage>/runs/")
+    upload: str = Field(default="", description="gs://bucket/prefix to copy checkpoints to in the background; "
+                        "empty: $SPARK_CHECKPOINT_URL, or no upload")
+    keep_local: bool = Field(default=False, description="keep local checkpoints after a verified upload")
 
 
 def _loss_plot(messages: list[dict], path):
@@ -134,7 +137,11 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
         shutil.rmtree(run_dir / "checkpoints")
         shutil.rmtree(run_dir / "emergency_checkpoint", ignore_errors=True)
     settings_file, lineage_file = prepare_run(run_dir, settings, lineage)
-    cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, config.resume, config.max_steps)
+    upload = config.upload or os.environ.get("SPARK_CHECKPOINT_URL", "")
+    extra = (["--upload", f"{upload.rstrip('/')}/{config.run_name}"] if upload else []) + \
+        (["--keep-local"] if config.keep_local else [])
+    cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, config.resume, config.max_steps,
+                           extra)
     context.log.info("launching: " + " ".join(cmd))
     env = {"WANDB_SILENT": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     if not os.environ.get("WANDB_API_KEY"):

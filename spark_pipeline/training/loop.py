@@ -134,7 +134,10 @@ def parse_args(argv=None):
     p.add_argument("--lineage", type=Path, help="JSON of the data this run trains on")
     p.add_argument("--resume", default="", help="checkpoint folder, gs:// URL, or 'latest'")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this global step (default: settings)")
-    p.add_argument("--stop-after", type=int, default=0, help="testing: raise SIGTERM in this process after step N")
+    p.add_argument("--upload", default="", help="gs://bucket/prefix: copy every checkpoint there in the background")
+    p.add_argument("--keep-local", action="store_true", help="keep local checkpoints after a verified upload")
+    p.add_argument("--stop-after", type=int, default=0, help="testing: signal this process after step N")
+    p.add_argument("--stop-signal", default="SIGTERM", choices=["SIGTERM", "SIGINT", "SIGHUP"])
     return p.parse_args(argv)
 
 
@@ -240,6 +243,11 @@ def main(argv=None) -> int:
         return save_checkpoint(folder, model, optimizer, scheduler, trainer_state(),
                                {**full_lineage, "wandb_run_id": reporter.run_id}, rank, world, barrier)
 
+    uploader = None
+    if args.upload and rank == 0:
+        from spark_pipeline.training.gcs import CheckpointUploader
+
+        uploader = CheckpointUploader(args.upload, delete_local=not args.keep_local)
     checkpoints: list[str] = []
     last_metrics: dict = {}
     first_step_at = None
@@ -294,8 +302,10 @@ def main(argv=None) -> int:
             folder = save(run_dir / "checkpoints" / f"checkpoint-{step}")
             checkpoints.append(str(folder))
             reporter.log(f"checkpoint {folder} (free disk {shutil.disk_usage(run_dir).free / 2**30:.1f} GiB)")
+            if uploader:
+                uploader.submit(folder)
         if args.stop_after and step == args.stop_after and rank == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, args.stop_signal))
         flag = torch.tensor([1.0 if (stop["signal"] or verdict["emergency"]) else 0.0], device=device)
         if distributed:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # every rank agrees
@@ -304,6 +314,8 @@ def main(argv=None) -> int:
             folder = save(run_dir / "emergency_checkpoint")
             reporter.log(f"{exit_reason}: emergency checkpoint at step {step} in {folder}")
             checkpoints.append(str(folder))
+            if uploader:
+                uploader.submit(folder)
             break
 
     # The ranks must hold identical adapters: compare a checksum of every trainable tensor.
@@ -316,6 +328,13 @@ def main(argv=None) -> int:
     in_sync = all(abs(c - checksums[0]) <= 1e-9 * max(1.0, abs(checksums[0])) for c in checksums)
     if not in_sync:
         reporter.log(f"ranks out of sync: adapter checksums {checksums}")
+    uploads = []
+    if uploader:
+        reporter.log("waiting for checkpoint uploads to finish")
+        uploads = [vars(u) for u in uploader.close()]
+        for u in uploads:
+            reporter.log(f"upload {u['folder']} -> {u['url']}: {u['state']} after {u['attempts']} attempt(s)"
+                         + (f" ({u['error']})" if u["error"] else ""))
     final = Path(checkpoints[-1]) if checkpoints else None
     metadata = {"steps": step, "exit": exit_reason, "trainable_parameters": trainable, "world_size": world,
                 "final_loss": last_metrics.get("train/loss"), "checkpoints": checkpoints,
@@ -324,11 +343,17 @@ def main(argv=None) -> int:
                 "anomalies": health.anomaly_count, "nan_count": health.nan_count, "wandb_run_id": reporter.run_id,
                 "packing_efficiency": data.efficiency, "seconds_to_first_step": first_step_at,
                 "resume_load_seconds": resume_seconds, "ranks_in_sync": in_sync, "rank_checksums": checksums,
-                "logged_keys": sorted(last_metrics)}
+                "logged_keys": sorted(last_metrics), "uploads": uploads}
     if final is not None and rank == 0:
         from spark_pipeline.records import sha256_file
 
-        metadata["final_checkpoint_sha"] = sha256_file(final / "adapter_model.safetensors")[:16]
+        if (final / "adapter_model.safetensors").exists():
+            metadata["final_checkpoint_sha"] = sha256_file(final / "adapter_model.safetensors")[:16]
+        else:  # uploaded and deleted locally: the lineage names the adapter's hash
+            metadata["final_checkpoint_sha"] = None
+        uploaded = [u["url"] for u in uploads if u["state"] == "uploaded" and u["folder"] == str(final)]
+        if uploaded:
+            metadata["final_checkpoint_url"] = uploaded[0]
         (run_dir / "result.json").write_text(json.dumps(metadata, indent=2))
     reporter.finish(metadata)
     if distributed:

@@ -1,0 +1,89 @@
+"""Checkpoint upload and download against gcp-storage-emulator with the real client."""
+
+import threading
+import time
+
+import pytest
+
+from spark_pipeline.training.gcs import MARKER, CheckpointUploader, GCSError, download_checkpoint, make_client
+from spark_pipeline_tests.gcs_emulator import Emulator
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    emu = Emulator().start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.host)
+    yield emu
+    emu.stop()
+
+
+def _checkpoint(folder):
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 4000)
+    (folder / "optimizer.pt").write_bytes(b"o" * 300_000)
+    (folder / "trainer_state.json").write_text('{"step": 4}')
+    return folder
+
+
+def _names(prefix):
+    client = make_client()
+    return sorted(b.name for b in client.list_blobs("spark-test", prefix=prefix))
+
+
+def test_upload_verified_then_local_deleted_and_download_roundtrip(emulator, tmp_path):
+    ckpt = _checkpoint(tmp_path / "checkpoint-4")
+    uploader = CheckpointUploader("gs://spark-test/runs/r1", delete_local=True, backoff_s=0.05)
+    status = uploader.submit(ckpt)
+    uploader.close(timeout=60)
+    assert status.state == "uploaded" and status.deleted_local and not ckpt.exists()
+    assert _names("runs/r1/checkpoint-4") == sorted(f"runs/r1/checkpoint-4/{n}" for n in [
+        "adapter_model.safetensors", "optimizer.pt", "trainer_state.json", MARKER])
+    back = download_checkpoint("gs://spark-test/runs/r1/checkpoint-4", tmp_path / "back")
+    assert (back / "adapter_model.safetensors").read_bytes() == bytes(range(256)) * 4000
+
+
+def test_storage_going_away_mid_upload_loses_no_checkpoint(emulator, tmp_path):
+    ckpt = _checkpoint(tmp_path / "checkpoint-8")
+    restarted = threading.Event()
+
+    def kill_after_first_file(rel):
+        if not restarted.is_set():
+            restarted.set()
+            port = emulator.port
+            emulator.stop()  # the in-memory service loses everything uploaded so far
+
+            def come_back():
+                time.sleep(1.0)
+                emulator.port = port
+                emulator.start()
+
+            threading.Thread(target=come_back, daemon=True).start()
+
+    uploader = CheckpointUploader("gs://spark-test/runs/r2", delete_local=True, backoff_s=0.3, max_attempts=8,
+                                  timeout_s=5, after_file=kill_after_first_file)
+    status = uploader.submit(ckpt)
+    uploader.close(timeout=120)
+    assert restarted.is_set()
+    assert status.state == "uploaded" and status.attempts > 1
+    assert len(_names("runs/r2/checkpoint-8")) == 4, "every file was uploaded again after the loss"
+    assert not ckpt.exists()
+
+
+def test_unreachable_bucket_keeps_the_local_copy(emulator, tmp_path):
+    ckpt = _checkpoint(tmp_path / "checkpoint-12")
+    emulator.stop()
+    uploader = CheckpointUploader("gs://spark-test/runs/r3", delete_local=True, backoff_s=0.01, max_attempts=2,
+                                  timeout_s=2)
+    status = uploader.submit(ckpt)
+    uploader.close(timeout=60)
+    assert status.state == "failed" and status.attempts == 2 and status.error
+    assert (ckpt / "optimizer.pt").exists(), "nothing is deleted unless the upload is verified"
+
+
+def test_incomplete_upload_is_not_downloaded(emulator, tmp_path):
+    client = make_client()
+    client.bucket("spark-test").blob("runs/r4/checkpoint-1/optimizer.pt").upload_from_string(b"x")
+    with pytest.raises(GCSError, match="never completed"):
+        download_checkpoint("gs://spark-test/runs/r4/checkpoint-1", tmp_path / "x", client)
+    with pytest.raises(GCSError, match="not a gs:// URL"):
+        CheckpointUploader("s3://bucket/x")
