@@ -27,6 +27,8 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/specmap_bench.py
 	$(PY) benchmarks/corpus_bench.py
+	$(PY) benchmarks/tokenize_bench.py
+	$(PY) benchmarks/resume_bench.py
 
 ui: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000

@@ -46,14 +46,6 @@ from spark_pipeline.training.health import HealthMonitor
 from spark_pipeline.training.model import LoraSettings, add_adapters, load_base_model, split_parameter_groups
 from spark_pipeline.training.settings import TrainingSettings
 
-GPU_ENV = {  # §4.5-4.6: set before CUDA and NCCL start
-    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
-    "NCCL_ASYNC_ERROR_HANDLING": "1",
-    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-    "NCCL_TIMEOUT": "7200",
-}
-
-
 class Reporter:
     """W&B (offline unless a key is configured) on every rank 0 step, and Dagster Pipes
     messages when launched by Dagster; only rank 0 reports, so a run hears each thing once."""
@@ -153,8 +145,8 @@ def main(argv=None) -> int:
     run_dir = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if cuda:
-        for k, v in GPU_ENV.items():
-            os.environ.setdefault(k, v)
+        for k, v in settings.gpu_env.items():  # a value the user exported wins
+            os.environ.setdefault(k, str(v))
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

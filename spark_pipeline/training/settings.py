@@ -41,7 +41,8 @@ class TrainingSettings:
     process_group_timeout_s: int
     save_every_steps: int
     max_steps: int
-    extra: dict = field(default_factory=dict)
+    gpu_env: dict = field(default_factory=dict)
+    """NCCL transport and CUDA allocator settings (§4.6), applied on GPU machines only."""
 
     @classmethod
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> TrainingSettings:
@@ -57,7 +58,7 @@ class TrainingSettings:
             gradient_accumulation=t["gradient_accumulation"], gpus=t["gpus"],
             activation_checkpointing=t["activation_checkpointing"], ddp_bucket_cap_mb=t["ddp_bucket_cap_mb"],
             process_group_timeout_s=t["process_group_timeout_s"], save_every_steps=t["save_every_steps"],
-            max_steps=t["max_steps"])
+            max_steps=t["max_steps"], gpu_env=dict(t.get("gpu_env") or {}))
         values.update(overrides or {})
         return cls(**values)
 
