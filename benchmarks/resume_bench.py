@@ -77,7 +77,7 @@ def main() -> int:
             firsts.append(resumed["seconds_to_first_step"])
             loads.append(resumed["resume_load_seconds"])
         results[target] = (statistics.median(firsts), statistics.median(loads))
-        print(f"resume at step {target:5d}: first step {results[target][0]:.3f} s after launch, "
+        print(f"resume at step {target:5d}: first step done {results[target][0]:.3f} s after the program started, "
               f"checkpoint loaded in {results[target][1]:.3f} s (medians of {args.runs})")
     print(f"ratio step 1000 / step 10: first step {results[1000][0] / results[10][0]:.2f}x, "
           f"load {results[1000][1] / results[10][1]:.2f}x (1.0 means no growth with the step)")

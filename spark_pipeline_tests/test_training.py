@@ -180,3 +180,12 @@ def test_checkpoints_upload_to_gcs_and_resume_from_gs(tmp_path, cache, monkeypat
         assert "starting at step 3" in out and resumed["steps"] == 5
     finally:
         emu.stop()
+
+
+def test_a_signal_on_one_rank_stops_both_after_they_agree(tmp_path, cache):
+    run_dir, result, _ = _run(tmp_path, cache, "ddp-signal", _settings(max_steps=4, save_every_steps=100), nproc=2,
+                              extra=["--stop-after", "1"])  # only rank 0 receives SIGTERM
+    assert result["exit"] == "SIGTERM" and result["steps"] == 1 and result["ranks_in_sync"]
+    emergency = run_dir / "emergency_checkpoint"
+    assert (emergency / "rng_state_0.pt").exists() and (emergency / "rng_state_1.pt").exists(), \
+        "both ranks saved: they agreed to stop at the same step"

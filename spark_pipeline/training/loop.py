@@ -46,6 +46,7 @@ from spark_pipeline.training.health import HealthMonitor
 from spark_pipeline.training.model import LoraSettings, add_adapters, load_base_model, split_parameter_groups
 from spark_pipeline.training.settings import TrainingSettings
 
+
 class Reporter:
     """W&B (offline unless a key is configured) on every rank 0 step, and Dagster Pipes
     messages when launched by Dagster; only rank 0 reports, so a run hears each thing once."""
@@ -134,6 +135,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    program_start = time.perf_counter()
     args = parse_args(argv)
     settings = TrainingSettings.from_dict(json.loads(args.settings.read_text()))
     lineage = json.loads(args.lineage.read_text()) if args.lineage else {}
@@ -243,7 +245,6 @@ def main(argv=None) -> int:
     checkpoints: list[str] = []
     last_metrics: dict = {}
     first_step_at = None
-    launch = time.perf_counter()
     ddp_model.train()
     exit_reason = "finished"
     while step < max_steps:
@@ -279,7 +280,7 @@ def main(argv=None) -> int:
         step += 1
         rows_consumed += rows_per_step
         if first_step_at is None:
-            first_step_at = time.perf_counter() - launch
+            first_step_at = time.perf_counter() - program_start  # model load and resume included
         step_time = time.perf_counter() - t_step
         last_metrics = {
             "train/loss": loss, "train/learning_rate": scheduler.get_last_lr()[0],
