@@ -29,11 +29,17 @@ def bar_chart(path: Path, labels: list[str], values: list[float], title: str, co
     else:
         ax.bar(labels, values, color=colours)
     ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=8)
+    return save(fig, path)
+
+
+def save(fig, path: Path) -> Path:
+    """Tidy, write and close a figure."""
+    for ax in fig.axes:
+        ax.tick_params(labelsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
@@ -43,12 +49,7 @@ def histogram(path: Path, values: list[float], title: str, xlabel: str, bins: in
     ax.hist(values or [0], bins=bins, color="#1565c0")
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
-    ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def embed_png(path: Path, alt: str = "plot", max_bytes: int = 80_000) -> str:

@@ -75,7 +75,7 @@ class TrainConfig(dg.Config):
 
 
 def _loss_plot(messages: list[dict], path):
-    from spark_pipeline.plots import _plt
+    from spark_pipeline.plots import _plt, save
 
     steps = [m["step"] for m in messages if m.get("kind") == "step"]
     losses = [m["train/loss"] for m in messages if m.get("kind") == "step"]
@@ -87,11 +87,7 @@ def _loss_plot(messages: list[dict], path):
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("train/loss", fontsize=8)
     ax.set_title("training loss", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 @dg.asset(

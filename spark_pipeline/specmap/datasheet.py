@@ -226,34 +226,53 @@ def _pdf_by_outline(reader, entries, path: Path) -> Iterator[Section]:
         yield sections[current]
 
 
+class _HeadingSections:
+    """Builds a section tree from headings met in reading order: keeps the stack of open
+    levels (for parent ids), unique ids, and the lines of the section being read."""
+
+    def __init__(self, source: str, page: int | None = None):
+        self.source = source
+        self.ids: set[str] = set()
+        self.stack: list[tuple[int, str]] = []
+        self.lines: list[str] = []
+        self.current = Section("front", "Front matter", 1, "", page, page, None, source)
+
+    def _finish(self) -> Section | None:
+        self.current.text = "\n".join(self.lines).strip()
+        self.lines = []
+        return self.current if (self.current.text or self.current.id != "front") else None
+
+    def start(self, wanted_id: str, title: str, level: int, page: int | None = None) -> Section | None:
+        """Begin a new section; returns the one it ends (None for an empty front matter)."""
+        done = self._finish()
+        while self.stack and self.stack[-1][0] >= level:
+            self.stack.pop()
+        parent = self.stack[-1][1] if self.stack else None
+        sid = _unique(self.ids, wanted_id)
+        self.stack.append((level, sid))
+        self.current = Section(sid, title, level, "", page, page, parent, self.source)
+        return done
+
+    def close(self) -> Section:
+        self.current.text = "\n".join(self.lines).strip()
+        return self.current
+
+
 def _pdf_by_headings(reader, path: Path) -> Iterator[Section]:
-    ids: set[str] = set()
-    stack: list[tuple[int, str]] = []
-    current = Section("front", "Front matter", 1, "", 1, 1, None, path.name)
-    lines: list[str] = []
+    build = _HeadingSections(path.name, 1)
     last_number: tuple[int, ...] = ()
     for page_index, text in _page_texts(reader, path):
         for line in text.splitlines():
             heading = _heading(line, last_number)
             if heading is None:
-                lines.append(line)
+                build.lines.append(line)
                 continue
-            number, title, key = heading
-            current.text = "\n".join(lines).strip()
-            if current.text or current.id != "front":
-                yield current
-            lines = []
-            last_number = key
-            level = number.count(".") + 1
-            while stack and stack[-1][0] >= level:
-                stack.pop()
-            parent = stack[-1][1] if stack else None
-            sid = _unique(ids, number)
-            stack.append((level, sid))
-            current = Section(sid, title, level, "", page_index + 1, page_index + 1, parent, path.name)
-        current.page_end = page_index + 1
-    current.text = "\n".join(lines).strip()
-    yield current
+            number, title, last_number = heading
+            done = build.start(number, title, number.count(".") + 1, page_index + 1)
+            if done:
+                yield done
+        build.current.page_end = page_index + 1
+    yield build.close()
 
 
 def _number_key(number: str) -> tuple[int, ...]:
@@ -282,63 +301,39 @@ def _heading(line: str, last: tuple[int, ...]) -> tuple[str, str, tuple[int, ...
 
 
 def read_markdown(text: str, source: str = "") -> list[Section]:
-    ids: set[str] = set()
-    stack: list[tuple[int, str]] = []
+    build = _HeadingSections(source)
     sections: list[Section] = []
-    current = Section("front", "Front matter", 1, "", None, None, None, source)
-    lines: list[str] = []
     in_fence = False
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
             in_fence = not in_fence
         m = None if in_fence else re.match(r"^(#{1,6})\s+(.+?)\s*#*\s*$", line)
         if not m:
-            lines.append(line)
+            build.lines.append(line)
             continue
-        current.text = "\n".join(lines).strip()
-        if current.text or current.id != "front":
-            sections.append(current)
-        lines = []
-        level = len(m.group(1))
         number, title = _split_number(m.group(2))
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or f"s{len(sections) + 1}"
-        while stack and stack[-1][0] >= level:
-            stack.pop()
-        parent = stack[-1][1] if stack else None
-        sid = _unique(ids, number or slug)
-        stack.append((level, sid))
-        current = Section(sid, title, level, "", None, None, parent, source)
-    current.text = "\n".join(lines).strip()
-    sections.append(current)
+        done = build.start(number or slug, title, len(m.group(1)))
+        if done:
+            sections.append(done)
+    sections.append(build.close())
     return sections
 
 
 def read_text(text: str, source: str = "") -> list[Section]:
-    ids: set[str] = set()
-    stack: list[tuple[int, str]] = []
+    build = _HeadingSections(source)
     sections: list[Section] = []
-    current = Section("front", "Front matter", 1, "", None, None, None, source)
-    lines: list[str] = []
     last: tuple[int, ...] = ()
     for line in text.splitlines():
         heading = _heading(line, last)
         if heading is None:
-            lines.append(line)
+            build.lines.append(line)
             continue
         number, title, last = heading
-        current.text = "\n".join(lines).strip()
-        if current.text or current.id != "front":
-            sections.append(current)
-        lines = []
-        level = number.count(".") + 1
-        while stack and stack[-1][0] >= level:
-            stack.pop()
-        parent = stack[-1][1] if stack else None
-        sid = _unique(ids, number)
-        stack.append((level, sid))
-        current = Section(sid, title, level, "", None, None, parent, source)
-    current.text = "\n".join(lines).strip()
-    sections.append(current)
+        done = build.start(number, title, number.count(".") + 1)
+        if done:
+            sections.append(done)
+    sections.append(build.close())
     return sections
 
 
