@@ -3,6 +3,7 @@
     spark demo        materialize every asset on the configured pairs (the bundled sample by
                       default), in the project's Dagster instance, and say where results are
     spark pairs       list the pairs of the manifest and their partitions
+    spark lineage K   table -> checkpoint -> tokenized cache -> mixture -> pair partitions
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             failures += 1
             break
 
+    if not failures:
+        from spark_pipeline.defs.evaluation import checkpoint_partitions, discover_checkpoints
+
+        print("evaluation: every checkpoint, then the report")
+        found = discover_checkpoints(storage / "runs")
+        known = set(instance.get_dynamic_partitions(checkpoint_partitions.name))
+        new = [k for k in found if k not in known]
+        if new:
+            instance.add_dynamic_partitions(checkpoint_partitions.name, new)
+        for key in found:
+            failures += not run(["checkpoints", "checkpoint_eval"], key)
+        if found and not failures:
+            failures += not run(["evaluation_report"])
+
     print(f"\nfinished in {time.perf_counter() - started:.1f} s\n")
     print(f"{'pair':28} {'sections':>8} {'impl.':>6} {'partial':>7} {'none':>5} {'coverage':>8}")
     for key in instance.get_dynamic_partitions(pairs_partitions.name):
@@ -93,8 +108,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"training: {r['steps']} steps, final loss {r['final_loss']:.3f}, {r['trainable_parameters']:,} trainable "
               f"parameters; checkpoint {r['final_checkpoint']}")
         print(f"lineage: {r['final_checkpoint']}/lineage.json")
+    report = storage / "evaluation" / "report"
+    if (report / "report.md").exists():
+        print(f"evaluation tables: {storage / 'evaluation'}/<checkpoint>/table.md; report and plots: {report}")
+        print("(the numbers come from the small demo model, trained a few steps: they show the machinery)")
     print("browse the runs: make ui, then open http://127.0.0.1:3000")
     return 1 if failures else 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Print table -> checkpoint -> tokenized cache -> mixture -> pair partitions for a checkpoint."""
+    storage = settings.storage_root()
+    run, _, name = args.checkpoint.partition("--")
+    folder = storage / "runs" / run / "checkpoints" / name
+    if not (folder / "lineage.json").exists():
+        print(f"no checkpoint {args.checkpoint!r} at {folder} (keys look like hero--checkpoint-6)", file=sys.stderr)
+        return 2
+    from spark_pipeline.records import sha256_file
+
+    lineage = json.loads((folder / "lineage.json").read_text())
+    table = storage / "evaluation" / args.checkpoint / "table.parquet"
+    print(f"evaluation table   {table if table.exists() else '(not evaluated yet)'}")
+    print(f"  lineage sha256   {sha256_file(folder / 'lineage.json')}")
+    print(f"checkpoint         {folder}  (step {lineage['step']}, adapter {lineage['adapter_sha256'][:16]})")
+    print(f"  config {lineage['config_hash']}, code {lineage['code_version']}, W&B run {lineage.get('wandb_run_id')}, "
+          f"Dagster run {lineage.get('dagster_run_id')}")
+    cache = storage / "tokens" / lineage.get("tokenized_cache", "")
+    print(f"tokenized cache    {cache}  ({lineage.get('tokenizer')})")
+    print(f"training mixture   {lineage.get('mixture_hash')}")
+    for pair, version in sorted(lineage.get("pairs", {}).items()):
+        print(f"  pair partition   {pair:28} version {version}  samples {lineage.get('quality_samples', {}).get(pair)}")
+    return 0
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
@@ -116,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="materialize every asset on the configured pairs").set_defaults(fn=cmd_demo)
     sub.add_parser("pairs", help="list the manifest's pairs").set_defaults(fn=cmd_pairs)
+    lin = sub.add_parser("lineage", help="the chain from an evaluation table back to the pair partitions")
+    lin.add_argument("checkpoint", help="a checkpoint partition key, e.g. hero--checkpoint-6")
+    lin.set_defaults(fn=cmd_lineage)
     args = parser.parse_args(argv)
     return args.fn(args)
 

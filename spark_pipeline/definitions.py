@@ -5,6 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from spark_pipeline.defs.corpus import eval_sets, quality_samples, section_chunks, training_mixture
+from spark_pipeline.defs.evaluation import (
+    checkpoint_eval,
+    checkpoints,
+    evaluation_report,
+    new_checkpoints_sensor,
+    reevaluation_schedule,
+)
 from spark_pipeline.defs.pairs import new_pairs_sensor, pairs_partitions, repo_datasheet_pairs
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
 from spark_pipeline.defs.specmap import specmap_mappings
@@ -21,9 +28,10 @@ pair_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture,
-            tokenized_cache, train_hero],
+            tokenized_cache, train_hero, checkpoints, checkpoint_eval, evaluation_report],
     jobs=[specmap_job, pair_job],
-    sensors=[new_pairs_sensor],
+    sensors=[new_pairs_sensor, new_checkpoints_sensor],
+    schedules=[reevaluation_schedule],
     resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig(),
                "pipes_subprocess_client": dg.PipesSubprocessClient()},
 )

@@ -141,3 +141,54 @@ def test_train_hero_says_what_to_materialize_first(storage):
                                 resources=dagster_resources(storage), raise_on_error=False)
         error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
         assert "materialize" in error and "tokenized_cache" in error
+
+
+def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypatch):
+    from spark_pipeline.defs.evaluation import new_checkpoints_sensor, reevaluation_schedule
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("SPARK_STORAGE", str(built["storage"]))
+    storage, instance = built["storage"], built["instance"]
+    assert built["run"](["tokenized_cache"]).success
+    assert built["run"](["train_hero"], run_config={"ops": {"train_hero": {"config": {"max_steps": 2}}}}).success
+
+    result = new_checkpoints_sensor(dg.build_sensor_context(instance=instance))
+    assert [r.partition_key for r in result.run_requests] == ["hero--checkpoint-2"]
+    instance.add_dynamic_partitions("checkpoints", ["hero--checkpoint-2"])  # what the daemon does with the request
+    assert isinstance(new_checkpoints_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+
+    ev = built["run"](["checkpoints", "checkpoint_eval"], "hero--checkpoint-2")
+    assert ev.success
+    checks = {e.check_name: e.passed for e in ev.get_asset_check_evaluations()}
+    assert checks == {"adapter_loaded": True}
+    rows = read_rows(storage / "evaluation" / "hero--checkpoint-2" / "table.parquet")
+    models = {r["model"] for r in rows}
+    assert models == {"base", "adapter:hero--checkpoint-2"}
+    assert {r["split"] for r in rows} == {"in_domain", "held_out"}
+    lineage_sha = rows[0]["lineage_sha256"]
+    from spark_pipeline.records import sha256_file
+
+    assert lineage_sha == sha256_file(storage / "runs" / "hero" / "checkpoints" / "checkpoint-2" / "lineage.json")
+    overall = [r for r in rows if r["category"] == "all"]
+    assert all(r["perplexity"] > 1 and 0 <= r["tf_top5"] <= 1 and r["gen_samples"] > 0 for r in overall)
+
+    report = built["run"](["evaluation_report"])
+    assert report.success
+    meta = report.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert "data:image/png;base64," in meta["perplexity_over_checkpoints"].value
+    assert (storage / "evaluation" / "report" / "report.md").exists()
+
+    schedule_requests = reevaluation_schedule(dg.build_schedule_context(instance=instance))
+    assert [r.partition_key for r in schedule_requests] == ["hero--checkpoint-2"]
+    assert schedule_requests[0].run_key.startswith("reeval:hero--checkpoint-2:")
+
+    # a checkpoint whose adapter is not the one its lineage names is refused, with the evidence
+    adapter = storage / "runs" / "hero" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: v * 0.5 for k, v in load_file(str(adapter)).items()}
+    save_file(weights, str(adapter))
+    bad = built["run"](["checkpoint_eval"], "hero--checkpoint-2")
+    assert not bad.success
+    error = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "did not load as trained" in error

@@ -1,0 +1,276 @@
+"""Evaluation: ``checkpoints`` (one dynamic partition per checkpoint), ``checkpoint_eval``
+(tables per checkpoint), ``evaluation_report`` (across checkpoints), the sensor that
+registers new checkpoints and requests their evaluation, and the re-evaluation schedule."""
+
+import json
+import math
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spark_pipeline.defs.resources import SparkConfig, SparkStorage
+from spark_pipeline.evaluation.evaluate import (
+    EvalSettings,
+    EvaluationError,
+    evaluate_checkpoint,
+    perplexity_outliers,
+)
+from spark_pipeline.plots import _plt, embed_png, save
+from spark_pipeline.records import atomic_write_text, sha256_file
+from spark_pipeline.training.launch import base_model_folder
+from spark_pipeline.training.settings import TrainingSettings
+
+checkpoint_partitions = dg.DynamicPartitionsDefinition(name="checkpoints")
+EVAL_CODE_VERSION = "1"
+
+
+def discover_checkpoints(runs: Path) -> dict[str, Path]:
+    """Complete checkpoints under ``<storage>/runs``: partition key ``<run>--checkpoint-<step>``."""
+    found = {}
+    if not runs.exists():
+        return found
+    for lineage in sorted(runs.glob("*/checkpoints/checkpoint-*/lineage.json")):
+        folder = lineage.parent
+        if (folder / "adapter_model.safetensors").exists():
+            found[f"{folder.parent.parent.name}--{folder.name}"] = folder
+    return found
+
+
+def _checkpoint_path(storage: SparkStorage, key: str) -> Path:
+    run, _, name = key.partition("--")
+    path = storage.path("runs", run, "checkpoints", name)
+    if not (path / "lineage.json").exists():
+        raise dg.Failure(f"checkpoint {key!r} not found at {path} (was it deleted after an upload?)")
+    return path
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=checkpoint_partitions,
+    deps=["train_hero"],
+    code_version="1",
+    description="One partition per checkpoint found under <storage>/runs/*/checkpoints/: its step, lineage "
+    "and adapter hash.",
+)
+def checkpoints(context: dg.AssetExecutionContext, storage: SparkStorage):
+    path = _checkpoint_path(storage, context.partition_key)
+    lineage = json.loads((path / "lineage.json").read_text())
+    state = json.loads((path / "trainer_state.json").read_text())
+    digest = sha256_file(path / "adapter_model.safetensors")
+    return dg.MaterializeResult(
+        metadata={"step": state["step"], "path": dg.MetadataValue.path(str(path)), "adapter_sha256": digest,
+                  "lineage": dg.MetadataValue.json(lineage), "mixture_hash": lineage.get("mixture_hash", ""),
+                  "tokenized_cache": lineage.get("tokenized_cache", "")},
+        data_version=dg.DataVersion(digest[:16]),
+    )
+
+
+def _table_markdown(rows: list[dict]) -> str:
+    cols = ["model", "split", "category", "samples", "perplexity", "tf_loss", "tf_top1", "tf_top5",
+            "gen_token_accuracy", "bleu4", "exact_match"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(out)
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=checkpoint_partitions,
+    deps=["checkpoints", "eval_sets"],
+    code_version=EVAL_CODE_VERSION,
+    description="§6.4-6.6 for one checkpoint: base and base+adapter on the in-domain and held-out sets — "
+    "perplexity, teacher-forced suffix loss/top-1/top-5, generative token accuracy, BLEU-4, exact match. "
+    "<storage>/evaluation/<checkpoint>/table.parquet and table.md",
+    check_specs=[dg.AssetCheckSpec("adapter_loaded", asset="checkpoint_eval", blocking=True,
+                                   description="The adapter file matches the checkpoint's lineage and changes the "
+                                   "logits; otherwise the evaluation fails and nothing downstream runs.")],
+)
+def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
+    key = context.partition_key
+    path = _checkpoint_path(storage, key)
+    settings = TrainingSettings.load(spark_config.name())
+    ev = EvalSettings.load(spark_config.name())
+    tokenizer = json.loads((path / "lineage.json").read_text()).get("tokenizer", settings.tokenizer)
+    try:
+        rows, sanity = evaluate_checkpoint(path, base_model_folder(settings, storage.path()),
+                                           storage.path("corpus", "eval"), tokenizer, settings.max_length, ev, key,
+                                           cache_dir=storage.path("evaluation", "_base"))
+    except EvaluationError as exc:
+        raise dg.Failure(str(exc)) from exc
+    if not sanity["passed"]:
+        raise dg.Failure(f"checkpoint {key}: the adapter did not load as trained; no numbers are reported",
+                         metadata={"sanity": dg.MetadataValue.json(sanity)})
+    out = storage.path("evaluation", key)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "table.parquet")
+    markdown = _table_markdown(rows)
+    atomic_write_text(out / "table.md", markdown + "\n")
+    overall = {r["model"].split(":")[0] + "/" + r["split"]: round(r["perplexity"], 4) for r in rows
+               if r["category"] == "all"}
+    return dg.MaterializeResult(
+        metadata={"rows": len(rows), "perplexity_overall": dg.MetadataValue.json(overall),
+                  "table": dg.MetadataValue.md(markdown), "path": dg.MetadataValue.path(str(out)),
+                  "lineage_sha256": rows[0]["lineage_sha256"], "sanity": dg.MetadataValue.json(sanity)},
+        check_results=[dg.AssetCheckResult(check_name="adapter_loaded", passed=True,
+                                           metadata={"max_logit_difference": sanity["max_logit_difference"]})],
+    )
+
+
+def _plots(rows: list[dict], out: Path) -> dict[str, Path]:
+    plt = _plt()
+    plots = {}
+    adapter = [r for r in rows if r["model"].startswith("adapter") and r["category"] == "all"]
+    base = {r["split"]: r["perplexity"] for r in rows if r["model"] == "base" and r["category"] == "all"}
+    fig, ax = plt.subplots(figsize=(5.5, 3), dpi=80)
+    for split, colour in (("in_domain", "#1565c0"), ("held_out", "#c62828")):
+        pts = sorted((r["step"], r["perplexity"]) for r in adapter if r["split"] == split)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label=f"{split} (adapter)")
+        if split in base:
+            ax.axhline(base[split], color=colour, linestyle=":", label=f"{split} (base)")
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("perplexity", fontsize=8)
+    ax.set_title("perplexity over checkpoints", fontsize=9)
+    ax.legend(fontsize=7)
+    plots["perplexity_over_checkpoints"] = save(fig, out / "perplexity_over_checkpoints.png")
+
+    latest = max((r["step"] for r in adapter), default=None)
+    cats = sorted({r["category"] for r in rows if r["category"] != "all"})
+    if latest is not None and cats:
+        fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
+        width = 0.4
+        for k, (model_filter, label) in enumerate(((lambda m: m == "base", "base"),
+                                                   (lambda m: m.startswith("adapter"), f"adapter @ {latest}"))):
+            vals = []
+            for c in cats:
+                match = [r["perplexity"] for r in rows if model_filter(r["model"]) and r["category"] == c
+                         and r["split"] == "in_domain" and (r["step"] == latest or r["model"] == "base")]
+                vals.append(match[0] if match else 0)
+            ax.bar([i + k * width for i in range(len(cats))], vals, width, label=label)
+        ax.set_xticks([i + width / 2 for i in range(len(cats))], cats, rotation=30, ha="right", fontsize=7)
+        ax.set_title("in-domain perplexity per category", fontsize=9)
+        ax.legend(fontsize=7)
+        plots["perplexity_per_category"] = save(fig, out / "perplexity_per_category.png")
+
+        steps = sorted({r["step"] for r in adapter})
+        grid = []
+        for c in cats:
+            b = [r["perplexity"] for r in rows if r["model"] == "base" and r["category"] == c and r["split"] == "in_domain"]
+            line = []
+            for s in steps:
+                a = [r["perplexity"] for r in rows if r["model"].startswith("adapter") and r["category"] == c
+                     and r["split"] == "in_domain" and r["step"] == s]
+                line.append((b[0] - a[0]) / b[0] * 100 if a and b and b[0] else float("nan"))
+            grid.append(line)
+        fig, ax = plt.subplots(figsize=(5.5, 0.35 * len(cats) + 1.2), dpi=80)
+        im = ax.imshow(grid, aspect="auto", cmap="RdYlGn")
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
+        ax.set_yticks(range(len(cats)), cats, fontsize=7)
+        ax.set_title("perplexity reduction vs base (%)", fontsize=9)
+        fig.colorbar(im, ax=ax)
+        plots["improvement_heatmap"] = save(fig, out / "improvement_heatmap.png")
+
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3), dpi=80)
+        for ax, metric in zip(axes, ("gen_token_accuracy", "bleu4"), strict=True):
+            for k, (model_filter, label) in enumerate(((lambda m: m == "base", "base"),
+                                                       (lambda m: m.startswith("adapter"), "adapter"))):
+                vals = []
+                for c in cats:
+                    match = [r[metric] for r in rows if model_filter(r["model"]) and r["category"] == c
+                             and r["split"] == "in_domain" and (r["step"] == latest or r["model"] == "base")]
+                    vals.append(0 if not match or math.isnan(match[0]) else match[0])
+                ax.bar([i + k * 0.4 for i in range(len(cats))], vals, 0.4, label=label)
+            ax.set_xticks([i + 0.2 for i in range(len(cats))], cats, rotation=30, ha="right", fontsize=6)
+            ax.set_title(metric, fontsize=9)
+            ax.legend(fontsize=6)
+        plots["generation_per_category"] = save(fig, out / "generation_per_category.png")
+    return plots
+
+
+@dg.asset(
+    group_name="evaluation",
+    deps=["checkpoint_eval"],
+    code_version=EVAL_CODE_VERSION,
+    description="Every checkpoint's tables gathered: report.parquet, report.md and the plots (perplexity over "
+    "checkpoints, per category, the improvement heatmap, token accuracy and BLEU-4). <storage>/evaluation/report/",
+    check_specs=[dg.AssetCheckSpec("no_perplexity_outliers", asset="evaluation_report",
+                                   description="No checkpoint's perplexity departs from both neighbours' and from "
+                                   "its training loss by more than the configured factor.")],
+)
+def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
+    ev = EvalSettings.load(spark_config.name())
+    tables = sorted(p for p in storage.path("evaluation").glob("*/table.parquet")
+                    if p.parent.name not in ("report", "_base")) if storage.path("evaluation").exists() else []
+    if not tables:
+        raise dg.Failure("no evaluation tables yet: materialize checkpoint_eval for some checkpoints first")
+    rows = [r for t in tables for r in pq.read_table(t).to_pylist()]
+    base_rows = {(r["split"], r["category"]): r for r in rows if r["model"] == "base"}
+    rows = [r for r in rows if r["model"] != "base"] + list(base_rows.values())
+    out = storage.path("evaluation", "report")
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "report.parquet")
+    atomic_write_text(out / "report.md", _table_markdown(sorted(rows, key=lambda r: (r["model"], r["split"], r["category"]))) + "\n")
+    plots = _plots(rows, out)
+    points = []
+    for r in sorted((r for r in rows if r["model"].startswith("adapter") and r["category"] == "all"
+                     and r["split"] == "in_domain"), key=lambda r: r["step"]):
+        run, _, name = r["checkpoint"].partition("--")
+        state = storage.path("runs", run, "checkpoints", name, "trainer_state.json")
+        losses = json.loads(state.read_text())["health"]["losses"] if state.exists() else []
+        points.append({"checkpoint": r["checkpoint"], "step": r["step"], "perplexity": r["perplexity"],
+                       "train_loss": losses[-1] if losses else None})
+    outliers = perplexity_outliers(points, ev.outlier_factor)
+    return dg.MaterializeResult(
+        metadata={"checkpoints": len(tables), "rows": len(rows), "path": dg.MetadataValue.path(str(out)),
+                  **{name: dg.MetadataValue.md(embed_png(p, name)) for name, p in plots.items()}},
+        check_results=[dg.AssetCheckResult(check_name="no_perplexity_outliers", passed=not outliers,
+                                           metadata={"flagged": dg.MetadataValue.json(outliers),
+                                                     "points": dg.MetadataValue.json(points)})],
+    )
+
+
+@dg.sensor(
+    name="new_checkpoints_sensor",
+    description="Registers each new checkpoint under <storage>/runs/ as a `checkpoints` partition and requests "
+    "its evaluation.",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    asset_selection=["checkpoints", "checkpoint_eval"],
+)
+def new_checkpoints_sensor(context: dg.SensorEvaluationContext):
+    from spark_pipeline import settings
+
+    found = discover_checkpoints(settings.storage_root() / "runs")
+    known = set(context.instance.get_dynamic_partitions(checkpoint_partitions.name))
+    new = [k for k in found if k not in known]
+    if not new:
+        return dg.SkipReason(f"{len(found)} checkpoint(s), none new")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"eval:{k}", partition_key=k,
+                                    asset_selection=[dg.AssetKey("checkpoints"), dg.AssetKey("checkpoint_eval")])
+                      for k in new],
+        dynamic_partitions_requests=[checkpoint_partitions.build_add_request(new)],
+    )
+
+
+@dg.schedule(
+    name="reevaluation_schedule",
+    cron_schedule="0 3 * * *",
+    description="Nightly: re-evaluates every checkpoint whose tables predate the current evaluation sets or "
+    "evaluation code (the run key carries both, so nothing unchanged runs again).",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    target=dg.AssetSelection.assets("checkpoint_eval"),
+)
+def reevaluation_schedule(context: dg.ScheduleEvaluationContext):
+    from spark_pipeline import settings
+
+    eval_json = settings.storage_root() / "corpus" / "eval" / "eval.json"
+    if not eval_json.exists():
+        return dg.SkipReason("no evaluation sets yet")
+    eval_version = json.loads(eval_json.read_text())["sha256"]["in_domain"][:12]
+    keys = context.instance.get_dynamic_partitions(checkpoint_partitions.name)
+    return [dg.RunRequest(run_key=f"reeval:{k}:{eval_version}:{EVAL_CODE_VERSION}", partition_key=k,
+                          asset_selection=[dg.AssetKey("checkpoint_eval")]) for k in keys]

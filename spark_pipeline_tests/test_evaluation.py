@@ -1,0 +1,97 @@
+"""Evaluation metrics against independent computations, the sanity checks, the outlier rule."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spark_pipeline.evaluation.evaluate import perplexity_outliers
+from spark_pipeline.evaluation.metrics import (
+    bleu4,
+    exact_match,
+    perplexity,
+    score_samples,
+    split_at,
+    token_accuracy,
+)
+from spark_pipeline.training.model import build_base_model
+from spark_pipeline_tests.test_training import SHAPE
+
+
+@pytest.mark.parametrize("n,cut", [(2, 1), (3, 2), (4, 3), (5, 3), (8, 6), (100, 75), (101, 75)])
+def test_split_at_75_percent(n, cut):
+    assert split_at(n) == cut
+    assert 1 <= cut <= n - 1
+
+
+def test_split_refuses_a_single_token():
+    with pytest.raises(ValueError):
+        split_at(1)
+
+
+def test_perplexity_matches_an_independent_nll():
+    model = build_base_model(SHAPE, seed=1).eval()
+    samples = [list(range(10, 40)), list(range(500, 517)), [7, 8, 9, 10, 11]]
+    scores = score_samples(model, samples, batch_size=3, pad_id=100277)  # batched and padded
+    total_nll, total_n = 0.0, 0
+    for s, sc in zip(samples, scores, strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([s]), use_cache=False).logits[0]
+        nll = F.cross_entropy(logits[:-1], torch.tensor(s[1:]), reduction="sum").item()
+        assert sc.nll_sum == pytest.approx(nll, rel=1e-4) and sc.n_tokens == len(s) - 1
+        total_nll += nll
+        total_n += len(s) - 1
+    assert perplexity(sum(s.nll_sum for s in scores), sum(s.n_tokens for s in scores)) == \
+        pytest.approx(math.exp(total_nll / total_n), rel=1e-4), "overall perplexity is token-weighted"
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token ranking is known: at position t, token (t + 1) ranks first,
+    then 0, 1, 2, 3 in that order."""
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        batch, length = input_ids.shape
+        logits = torch.zeros(batch, length, 20)
+        for t in range(length):
+            logits[:, t, 0:4] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+            logits[:, t, (t + 1) % 20] = 10.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_teacher_forced_top1_top5_by_hand():
+    # sample: positions 0..7; suffix starts at split_at(8) = 6, so tokens 6 and 7 are scored,
+    # predicted at positions 5 and 6. Top-1 there is token 6 and 7; top-5 adds 0, 1, 2, 3.
+    sample = [5, 5, 5, 5, 5, 5, 6, 2]
+    (sc,) = score_samples(FixedLogits(), [sample], pad_id=0)
+    assert sc.suffix_tokens == 2
+    assert sc.top1 == 1  # token 6 is predicted first at position 5; token 2 at position 6 is not (7 is)
+    assert sc.top5 == 2  # token 2 is in the top five at position 6
+
+
+def test_token_accuracy_and_exact_match_definitions():
+    ref = [1, 2, 3, 4]
+    assert token_accuracy([1, 2, 9, 4], ref) == 0.75
+    assert token_accuracy([1, 2], ref) == 0.5, "missing tokens count as wrong"
+    assert token_accuracy([9, 1, 2, 3, 4], ref) == 0.0, "position by position"
+    assert exact_match([1, 2, 3, 4, 5], ref) and not exact_match([1, 2, 3], ref)
+
+
+def test_bleu_agrees_with_sacrebleu_on_known_pairs():
+    import sacrebleu
+
+    hyps = ["int main ( void ) { return 0 ; }", "GPIOA -> MODER |= 1 ;"]
+    refs = ["int main ( void ) { return 0 ; }", "GPIOA -> ODR |= 1 ;"]
+    assert bleu4(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert bleu4(hyps[:1], refs[:1]) == pytest.approx(100.0)
+    assert bleu4(["completely different words here"], ["int x = 0 ; return x ;"]) < 5
+
+
+def test_outliers_are_flagged_with_their_neighbours():
+    healthy = [{"checkpoint": f"c{i}", "step": i, "perplexity": p, "train_loss": math.log(p)}
+               for i, p in enumerate([3.0, 2.2, 1.6, 1.3, 1.25, 1.2])]
+    assert perplexity_outliers(healthy, 2.0) == []
+    broken = [dict(p) for p in healthy]
+    broken[3]["perplexity"] = 5.6  # the paper's public evaluation: ~1.2 -> ~5.6 between healthy neighbours
+    flagged = perplexity_outliers(broken, 2.0)
+    assert [f["checkpoint"] for f in flagged] == ["c3"] and flagged[0]["neighbours"] == [1.6, 1.25]
