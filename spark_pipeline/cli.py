@@ -83,6 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for key in found:
             failures += not run(["checkpoints", "checkpoint_eval"], key)
         if found and not failures:
+            failures += not run(["external_baselines"])
             failures += not run(["evaluation_report"])
 
     print(f"\nfinished in {time.perf_counter() - started:.1f} s\n")

@@ -9,6 +9,7 @@ from spark_pipeline.defs.evaluation import (
     checkpoint_eval,
     checkpoints,
     evaluation_report,
+    external_baselines,
     new_checkpoints_sensor,
     reevaluation_schedule,
 )
@@ -28,7 +29,8 @@ pair_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture,
-            tokenized_cache, train_hero, checkpoints, checkpoint_eval, evaluation_report],
+            tokenized_cache, train_hero, checkpoints, checkpoint_eval, external_baselines,
+            evaluation_report],
     jobs=[specmap_job, pair_job],
     sensors=[new_pairs_sensor, new_checkpoints_sensor],
     schedules=[reevaluation_schedule],

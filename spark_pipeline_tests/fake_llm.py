@@ -33,6 +33,9 @@ class FakeLLM:
                     owner.requests.append({"path": self.path, "body": body})
                     owner.headers.append({k.lower(): v for k, v in self.headers.items()})
                     count = len(owner.requests)
+                if owner.mode == "server_error":
+                    self._send(500, {"error": {"message": "overloaded"}})
+                    return
                 if owner.mode == "rate_limit_first" and count == 1:
                     self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
                     return
@@ -69,6 +72,8 @@ class FakeLLM:
     def answer(self, prompt: str) -> str:
         if self.mode == "prose":
             return "I think the first one looks right."
+        if "Datasheet section" not in prompt:  # a code-completion request from the evaluation
+            return "```c\n    return 0;\n}\n```"
         if "Is this section implemented" in prompt:
             return '```json\n{"status": "implemented", "evidence": ["the fake model agrees"]}\n```'
         listed = re.findall(r"^- (\S+)", prompt, re.M)

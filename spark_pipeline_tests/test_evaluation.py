@@ -95,3 +95,49 @@ def test_outliers_are_flagged_with_their_neighbours():
     broken[3]["perplexity"] = 5.6  # the paper's public evaluation: ~1.2 -> ~5.6 between healthy neighbours
     flagged = perplexity_outliers(broken, 2.0)
     assert [f["checkpoint"] for f in flagged] == ["c3"] and flagged[0]["neighbours"] == [1.6, 1.25]
+
+
+def _eval_samples(tok):
+    texts = ["static int counter;\nint bump(void)\n{\n    counter++;\n    return 0;\n}\n",
+             "void reset(void)\n{\n    REG->CTRL = 0;\n    return;\n}\n"]
+    return [{"split": "in_domain", "category": "general", "ids": tok.encode(t)} for t in texts] + \
+           [{"split": "held_out", "category": "crypto", "ids": tok.encode(texts[0])}]
+
+
+def test_external_models_over_both_protocols_with_cache(tmp_path):
+    from spark_pipeline.evaluation.external import ExternalModel, evaluate_external
+    from spark_pipeline.tokens.tokenizer import load_tokenizer
+    from spark_pipeline_tests.fake_llm import FakeLLM
+
+    tok = load_tokenizer()
+    samples = _eval_samples(tok)
+    with FakeLLM() as server:
+        for spec in (ExternalModel("qwen", "openai", "qwen3-coder", f"{server.url}/v1"),
+                     ExternalModel("claude", "anthropic", "claude-opus", server.url)):
+            rows, usage = evaluate_external(spec, samples, tok, 16, 5, 0.75, tmp_path / spec.name)
+            by = {(r["split"], r["category"]): r for r in rows}
+            assert set(by) == {("in_domain", "general"), ("in_domain", "all"), ("held_out", "crypto"),
+                               ("held_out", "all")}
+            assert all(r["model"] == f"external:{spec.name}" for r in rows)
+            assert by[("in_domain", "all")]["gen_samples"] == 2 and math.isnan(by[("in_domain", "all")]["perplexity"])
+            assert 0 <= by[("in_domain", "all")]["gen_token_accuracy"] <= 1
+            assert usage["calls"] == 2 and usage["cached_calls"] == 1 and usage["tokens"] > 0  # two prompts repeat
+        seen = len(server.requests)
+        _, again = evaluate_external(ExternalModel("qwen", "openai", "qwen3-coder", f"{server.url}/v1"), samples, tok,
+                                     16, 5, 0.75, tmp_path / "qwen")
+        assert len(server.requests) == seen and again["cached_calls"] == 3, "re-runs cost nothing"
+    assert server.requests[0]["body"]["messages"][0]["role"] == "system"
+
+
+def test_external_model_errors_are_counted_per_request(tmp_path):
+    from spark_pipeline.evaluation.external import ExternalModel, evaluate_external
+    from spark_pipeline.tokens.tokenizer import load_tokenizer
+    from spark_pipeline_tests.fake_llm import FakeLLM
+
+    tok = load_tokenizer()
+    with FakeLLM(mode="server_error") as server:
+        spec = ExternalModel("down", "openai", "m", f"{server.url}/v1", max_retries=1, backoff_s=0.01)
+        rows, usage = evaluate_external(spec, _eval_samples(tok), tok, 16, 5, 0.75, tmp_path)
+    by = {(r["split"], r["category"]): r for r in rows}
+    assert by[("in_domain", "all")]["gen_errors"] == 2 and by[("in_domain", "all")]["gen_samples"] == 0
+    assert math.isnan(by[("in_domain", "all")]["gen_token_accuracy"]) and usage["retries"] == 3

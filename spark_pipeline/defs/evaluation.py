@@ -192,9 +192,9 @@ def _plots(rows: list[dict], out: Path) -> dict[str, Path]:
 
 @dg.asset(
     group_name="evaluation",
-    deps=["checkpoint_eval"],
+    deps=["checkpoint_eval", "external_baselines"],
     code_version=EVAL_CODE_VERSION,
-    description="Every checkpoint's tables gathered: report.parquet, report.md and the plots (perplexity over "
+    description="Every checkpoint's tables (and the external baselines') gathered: report.parquet, report.md and the plots (perplexity over "
     "checkpoints, per category, the improvement heatmap, token accuracy and BLEU-4). <storage>/evaluation/report/",
     check_specs=[dg.AssetCheckSpec("no_perplexity_outliers", asset="evaluation_report",
                                    description="No checkpoint's perplexity departs from both neighbours' and from "
@@ -203,12 +203,17 @@ def _plots(rows: list[dict], out: Path) -> dict[str, Path]:
 def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     ev = EvalSettings.load(spark_config.name())
     tables = sorted(p for p in storage.path("evaluation").glob("*/table.parquet")
-                    if p.parent.name not in ("report", "_base")) if storage.path("evaluation").exists() else []
+                    if p.parent.name not in ("report", "_base", "external")) if storage.path("evaluation").exists() else []
     if not tables:
         raise dg.Failure("no evaluation tables yet: materialize checkpoint_eval for some checkpoints first")
     rows = [r for t in tables for r in pq.read_table(t).to_pylist()]
+    external = storage.path("evaluation", "external", "table.parquet")
+    if external.exists():
+        rows += pq.read_table(external).to_pylist()
     base_rows = {(r["split"], r["category"]): r for r in rows if r["model"] == "base"}
     rows = [r for r in rows if r["model"] != "base"] + list(base_rows.values())
+    for r in rows:
+        r.setdefault("gen_errors", 0)
     out = storage.path("evaluation", "report")
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "report.parquet")
@@ -274,3 +279,45 @@ def reevaluation_schedule(context: dg.ScheduleEvaluationContext):
     keys = context.instance.get_dynamic_partitions(checkpoint_partitions.name)
     return [dg.RunRequest(run_key=f"reeval:{k}:{eval_version}:{EVAL_CODE_VERSION}", partition_key=k,
                           asset_selection=[dg.AssetKey("checkpoint_eval")]) for k in keys]
+
+
+@dg.asset(
+    group_name="evaluation",
+    deps=["eval_sets"],
+    code_version=EVAL_CODE_VERSION,
+    description="§6.6 baselines: external models (an OpenAI-compatible endpoint such as vLLM, or Anthropic's API) "
+    "on generative completion, when configured in the profile's evaluation.external_models. Answers are cached. "
+    "<storage>/evaluation/external/table.parquet",
+)
+def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
+    from spark_pipeline.evaluation.evaluate import load_eval_samples
+    from spark_pipeline.evaluation.external import ExternalModel, evaluate_external
+    from spark_pipeline.tokens.tokenizer import load_tokenizer
+
+    ev = EvalSettings.load(spark_config.name())
+    settings = TrainingSettings.load(spark_config.name())
+    specs = [ExternalModel(**dict(m)) for m in ev.external_models]
+    out = storage.path("evaluation", "external")
+    if not specs:
+        context.log.info("no external models configured (evaluation.external_models): nothing to evaluate")
+        (out / "table.parquet").unlink(missing_ok=True)
+        return dg.MaterializeResult(metadata={"models": 0})
+    tokenizer = load_tokenizer(settings.tokenizer if settings.tokenizer != "base_model"
+                               else f"hf:{base_model_folder(settings, storage.path())}")
+    try:
+        samples = load_eval_samples(storage.path("corpus", "eval"), tokenizer, settings.max_length,
+                                    ev.max_samples_per_category)
+    except EvaluationError as exc:
+        raise dg.Failure(str(exc)) from exc
+    rows, usage = [], {}
+    for spec in specs:
+        model_rows, usage[spec.name] = evaluate_external(spec, samples, tokenizer, ev.max_new_tokens,
+                                                         ev.generation_samples_per_category, ev.split_fraction,
+                                                         storage.path("cache", "external"))
+        rows.extend(model_rows)
+    for row in rows:
+        row.update({"checkpoint": "", "step": -1, "lineage_sha256": ""})
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "table.parquet")
+    return dg.MaterializeResult(metadata={"models": len(specs), "rows": len(rows), "usage": dg.MetadataValue.json(usage),
+                                          "table": dg.MetadataValue.md(_table_markdown(rows))})

@@ -44,10 +44,12 @@ class EvalSettings:
     generation_samples_per_category: int
     batch_size: int
     outlier_factor: float
+    external_models: tuple = ()
 
     @classmethod
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> EvalSettings:
         values = {**load_config(profile)["evaluation"], **(overrides or {})}
+        values["external_models"] = tuple(tuple(sorted(m.items())) for m in values.get("external_models") or [])
         return cls(**values)
 
 
