@@ -141,3 +141,28 @@ def test_external_model_errors_are_counted_per_request(tmp_path):
     by = {(r["split"], r["category"]): r for r in rows}
     assert by[("in_domain", "all")]["gen_errors"] == 2 and by[("in_domain", "all")]["gen_samples"] == 0
     assert math.isnan(by[("in_domain", "all")]["gen_token_accuracy"]) and usage["retries"] == 3
+
+
+def test_compile_check_with_repository_headers(tmp_path):
+    from spark_pipeline.evaluation.codecheck import compiler, compiles, header_dirs
+
+    if compiler() is None:
+        pytest.skip("no C compiler installed")
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "regs.h").write_text("#define REG_CTRL (*(volatile unsigned *)0x40000000u)\n")
+    dirs = header_dirs(tmp_path)
+    assert dirs == [str(tmp_path / "inc")]
+    good = '#include "regs.h"\nvoid start(void) { REG_CTRL = 1u; }\n'
+    assert compiles(good, dirs) is True
+    assert compiles(good, []) is False, "the repository's headers are needed"
+    assert compiles("void start(void) { REG_CTRL = ; }\n", dirs) is False
+
+
+def test_memorization_longest_overlap():
+    from spark_pipeline.evaluation.codecheck import NgramIndex
+
+    index = NgramIndex([list(range(100)), [500, 501, 502]], n=8)
+    assert index.longest_overlap(list(range(10, 40))) == 30
+    assert index.longest_overlap([7, 7] + list(range(50, 62)) + [9, 9]) == 12
+    assert index.longest_overlap([1, 2, 3, 4, 5, 6, 7, 9, 10]) == 0
+    assert index.longest_overlap([1, 2, 3]) == 0

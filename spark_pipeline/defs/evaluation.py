@@ -67,12 +67,31 @@ def checkpoints(context: dg.AssetExecutionContext, storage: SparkStorage):
     )
 
 
+def _code_context(storage: SparkStorage, lineage: dict) -> dict:
+    """Header folders per pair (compile check) and the training mixture's n-grams (memorization)."""
+    from spark_pipeline.evaluation.codecheck import NgramIndex, header_dirs
+    from spark_pipeline.tokens.cache import open_cache
+
+    include = {}
+    for record in storage.path("pairs").glob("*/pair.json"):
+        data = json.loads(record.read_text())
+        include[data["id"]] = header_dirs(Path(data["repo_root"]))
+    context = {"include_dirs": include}
+    cache = storage.path("tokens", lineage.get("tokenized_cache", "-"))
+    if (cache / ".done").exists():
+        table = open_cache(cache)
+        context["ngrams"] = NgramIndex(table.column("input_ids").to_pylist())
+        context["ngram_key"] = lineage["tokenized_cache"]
+    return context
+
+
 def _table_markdown(rows: list[dict]) -> str:
     cols = ["model", "split", "category", "samples", "perplexity", "tf_loss", "tf_top1", "tf_top5",
-            "gen_token_accuracy", "bleu4", "exact_match"]
+            "gen_token_accuracy", "bleu4", "exact_match", "compile_rate", "memorized_longest_max"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        out.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        out.append("| " + " | ".join(f"{r.get(c, float('nan')):.3f}" if isinstance(r.get(c, float("nan")), float)
+                                     else str(r.get(c)) for c in cols) + " |")
     return "\n".join(out)
 
 
@@ -93,11 +112,13 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     path = _checkpoint_path(storage, key)
     settings = TrainingSettings.load(spark_config.name())
     ev = EvalSettings.load(spark_config.name())
-    tokenizer = json.loads((path / "lineage.json").read_text()).get("tokenizer", settings.tokenizer)
+    lineage = json.loads((path / "lineage.json").read_text())
+    tokenizer = lineage.get("tokenizer", settings.tokenizer)
+    context = _code_context(storage, lineage)
     try:
         rows, sanity = evaluate_checkpoint(path, base_model_folder(settings, storage.path()),
                                            storage.path("corpus", "eval"), tokenizer, settings.max_length, ev, key,
-                                           cache_dir=storage.path("evaluation", "_base"))
+                                           cache_dir=storage.path("evaluation", "_base"), context=context)
     except EvaluationError as exc:
         raise dg.Failure(str(exc)) from exc
     if not sanity["passed"]:
@@ -214,6 +235,9 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     rows = [r for r in rows if r["model"] != "base"] + list(base_rows.values())
     for r in rows:
         r.setdefault("gen_errors", 0)
+        r.setdefault("compile_rate", float("nan"))
+        r.setdefault("memorized_longest_max", -1)
+        r.setdefault("memorized_longest_mean", float("nan"))
     out = storage.path("evaluation", "report")
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "report.parquet")

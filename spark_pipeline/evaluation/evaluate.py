@@ -88,7 +88,13 @@ def adapter_sanity(checkpoint: Path, base, adapted, probe: list[int]) -> dict:
             "logits_differ": diff > 1e-6, "passed": lineage.get("adapter_sha256") == actual and diff > 1e-6}
 
 
-def _evaluate_model(model, name: str, samples: list[dict], tokenizer, settings: EvalSettings) -> list[dict]:
+def _evaluate_model(model, name: str, samples: list[dict], tokenizer, settings: EvalSettings,
+                    context: dict | None = None) -> list[dict]:
+    """``context``: ``include_dirs`` (pair id -> header folders) for the compile check and
+    ``ngrams`` (an NgramIndex of the training mixture) for the memorization report."""
+    from spark_pipeline.evaluation.codecheck import compiles
+
+    context = context or {}
     scores = score_samples(model, [s["ids"] for s in samples], fraction=settings.split_fraction,
                            batch_size=settings.batch_size, pad_id=tokenizer.pad_id)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -110,7 +116,7 @@ def _evaluate_model(model, name: str, samples: list[dict], tokenizer, settings: 
         n = sum(scores[i].n_tokens for i in idx)
         suffix_n = sum(scores[i].suffix_tokens for i in idx)
         gen_idx = [i for i in idx if i in generated]
-        refs, hyps, accs, exact = [], [], [], 0
+        refs, hyps, accs, exact, compiled, overlaps = [], [], [], 0, [], []
         for i in gen_idx:
             cut = split_at(len(samples[i]["ids"]), settings.split_fraction)
             reference = samples[i]["ids"][cut:][: settings.max_new_tokens]
@@ -118,6 +124,13 @@ def _evaluate_model(model, name: str, samples: list[dict], tokenizer, settings: 
             exact += exact_match(generated[i], reference)
             refs.append(tokenizer.decode(reference))
             hyps.append(tokenizer.decode(generated[i][: len(reference)]))
+            if "include_dirs" in context:
+                ok = compiles(tokenizer.decode(samples[i]["ids"][:cut]) + tokenizer.decode(generated[i]),
+                              context["include_dirs"].get(samples[i].get("pair_id"), []))
+                if ok is not None:
+                    compiled.append(ok)
+            if "ngrams" in context:
+                overlaps.append(context["ngrams"].longest_overlap(generated[i]))
         rows.append({
             "model": name, "split": split, "category": category, "samples": len(idx), "tokens": n,
             "nll": nll / n if n else float("nan"), "perplexity": perplexity(nll, n),
@@ -128,27 +141,31 @@ def _evaluate_model(model, name: str, samples: list[dict], tokenizer, settings: 
             "gen_token_accuracy": sum(accs) / len(accs) if accs else float("nan"),
             "bleu4": bleu4(hyps, refs) if hyps else float("nan"),
             "exact_match": exact / len(gen_idx) if gen_idx else float("nan"),
+            "compile_rate": sum(compiled) / len(compiled) if compiled else float("nan"),
+            "memorized_longest_max": max(overlaps) if overlaps else -1,
+            "memorized_longest_mean": sum(overlaps) / len(overlaps) if overlaps else float("nan"),
         })
     return rows
 
 
 def _base_rows(base, base_model: Path, eval_dir: Path, samples, tokenizer, settings: EvalSettings,
-               cache_dir: Path | None) -> list[dict]:
+               cache_dir: Path | None, context: dict | None = None) -> list[dict]:
     """The base model's rows, computed once per (base weights, evaluation sets, settings)."""
     import hashlib
 
     if cache_dir is None:
-        return _evaluate_model(base, "base", samples, tokenizer, settings)
+        return _evaluate_model(base, "base", samples, tokenizer, settings, context)
     digest = hashlib.sha256()
     for path in sorted(Path(base_model).glob("*.safetensors")) + [Path(base_model) / "config.json"]:
         digest.update(sha256_file(path).encode())
     for split in ("in_domain", "held_out"):
         digest.update(sha256_file(Path(eval_dir) / f"{split}.parquet").encode())
-    digest.update(json.dumps([settings.__dict__, tokenizer.fingerprint], sort_keys=True).encode())
+    digest.update(json.dumps([settings.__dict__, tokenizer.fingerprint, sorted((context or {}).get("include_dirs", {})),
+                              (context or {}).get("ngram_key", "")], sort_keys=True, default=str).encode())
     cached = Path(cache_dir) / f"base-{digest.hexdigest()[:16]}.parquet"
     if cached.exists():
         return pq.read_table(cached).to_pylist()
-    rows = _evaluate_model(base, "base", samples, tokenizer, settings)
+    rows = _evaluate_model(base, "base", samples, tokenizer, settings, context)
     cached.parent.mkdir(parents=True, exist_ok=True)
     import pyarrow as pa
 
@@ -158,7 +175,7 @@ def _base_rows(base, base_model: Path, eval_dir: Path, samples, tokenizer, setti
 
 def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, tokenizer_name: str, max_length: int,
                         settings: EvalSettings, checkpoint_key: str,
-                        cache_dir: Path | None = None) -> tuple[list[dict], dict]:
+                        cache_dir: Path | None = None, context: dict | None = None) -> tuple[list[dict], dict]:
     from peft import PeftModel
 
     from spark_pipeline.training.model import load_base_model
@@ -177,8 +194,8 @@ def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, toke
     if not sanity["passed"]:
         return [], sanity
     lineage_sha = sha256_file(checkpoint / "lineage.json")
-    rows = _base_rows(base, base_model, eval_dir, samples, tokenizer, settings, cache_dir) + \
-        _evaluate_model(adapted, f"adapter:{checkpoint_key}", samples, tokenizer, settings)
+    rows = _base_rows(base, base_model, eval_dir, samples, tokenizer, settings, cache_dir, context) + \
+        _evaluate_model(adapted, f"adapter:{checkpoint_key}", samples, tokenizer, settings, context)
     step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
     for row in rows:
         row.update({"checkpoint": checkpoint_key, "step": step, "lineage_sha256": lineage_sha})
