@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if new:
             instance.add_dynamic_partitions(checkpoint_partitions.name, new)
         for key in found:
-            failures += not run(["checkpoints", "checkpoint_eval"], key)
+            failures += not run(["checkpoints", "checkpoint_eval", "code_regression"], key)
         if found and not failures:
             failures += not run(["external_baselines"])
             failures += not run(["evaluation_report"])

@@ -8,6 +8,7 @@ from spark_pipeline.defs.corpus import eval_sets, quality_samples, section_chunk
 from spark_pipeline.defs.evaluation import (
     checkpoint_eval,
     checkpoints,
+    code_regression,
     evaluation_report,
     external_baselines,
     new_checkpoints_sensor,
@@ -29,7 +30,7 @@ pair_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture,
-            tokenized_cache, train_hero, checkpoints, checkpoint_eval, external_baselines,
+            tokenized_cache, train_hero, checkpoints, checkpoint_eval, code_regression, external_baselines,
             evaluation_report],
     jobs=[specmap_job, pair_job],
     sensors=[new_pairs_sensor, new_checkpoints_sensor],

@@ -154,6 +154,8 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
 
     result = new_checkpoints_sensor(dg.build_sensor_context(instance=instance))
     assert [r.partition_key for r in result.run_requests] == ["hero--checkpoint-2"]
+    assert set(result.run_requests[0].asset_selection) == {dg.AssetKey("checkpoints"), dg.AssetKey("checkpoint_eval"),
+                                                           dg.AssetKey("code_regression")}
     instance.add_dynamic_partitions("checkpoints", ["hero--checkpoint-2"])  # what the daemon does with the request
     assert isinstance(new_checkpoints_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
 
@@ -173,6 +175,13 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert all(r["perplexity"] > 1 and 0 <= r["tf_top5"] <= 1 and r["gen_samples"] > 0 for r in overall)
     assert all(0 <= r["compile_rate"] <= 1 and r["memorized_longest_max"] >= 0 for r in overall), \
         "compile check and memorization report ran"
+
+    code = built["run"](["code_regression"], "hero--checkpoint-2")
+    assert code.success
+    code_rows = read_rows(storage / "evaluation" / "hero--checkpoint-2" / "code_regression.parquet")
+    assert {r["model"] for r in code_rows} == {"base", "adapter:hero--checkpoint-2"}
+    assert {r["difficulty"] for r in code_rows} == {"all", "easy", "medium", "hard"}
+    assert all(0 <= r["pass_rate"] <= r["compile_rate"] <= 1 for r in code_rows)
 
     report = built["run"](["evaluation_report"])
     assert report.success

@@ -166,3 +166,28 @@ def test_memorization_longest_overlap():
     assert index.longest_overlap([7, 7] + list(range(50, 62)) + [9, 9]) == 12
     assert index.longest_overlap([1, 2, 3, 4, 5, 6, 7, 9, 10]) == 0
     assert index.longest_overlap([1, 2, 3]) == 0
+
+
+def test_cpp_regression_oracle_wrong_broken_slow_and_greedy_memory():
+    from spark_pipeline.evaluation.fullstack import (
+        evaluate,
+        extract_code,
+        load_problems,
+        run_solution,
+        summarise,
+    )
+
+    problems = load_problems()
+    assert len(problems) >= 8 and {p["difficulty"] for p in problems} == {"easy", "medium", "hard"}
+    oracle = evaluate(lambda p: p["canonical_solution"], problems)
+    assert summarise(oracle)["all"] == {"problems": len(problems), "compile_rate": 1.0, "pass_rate": 1.0}
+    test = problems[0]["test_code"]
+    assert run_solution("int sum_digits(int n) { return n; }", test)[:2] == (True, False), "wrong answer"
+    assert run_solution("int sum_digits(int n) { return ; }", test)[:2] == (False, False), "compile error"
+    slow = run_solution("int sum_digits(int n) { while (true) {} }", test, time_limit_s=1)
+    assert slow[:2] == (True, False) and "time limit" in slow[2]
+    hog = run_solution("#include <vector>\nint sum_digits(int n) { std::vector<char> v(1ull << 33, 1); return v[n]; }",
+                       test, memory_mb=256)
+    assert hog[:2] == (True, False), "the address-space limit stops a memory hog"
+    assert extract_code("Sure!\n```cpp\nint f();\n```\nmore") == "int f();\n"
+    assert extract_code("int f() { return 1; }\n```") == "int f() { return 1; }\n"

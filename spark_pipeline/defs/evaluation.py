@@ -213,7 +213,7 @@ def _plots(rows: list[dict], out: Path) -> dict[str, Path]:
 
 @dg.asset(
     group_name="evaluation",
-    deps=["checkpoint_eval", "external_baselines"],
+    deps=["checkpoint_eval", "code_regression", "external_baselines"],
     code_version=EVAL_CODE_VERSION,
     description="Every checkpoint's tables (and the external baselines') gathered: report.parquet, report.md and the plots (perplexity over "
     "checkpoints, per category, the improvement heatmap, token accuracy and BLEU-4). <storage>/evaluation/report/",
@@ -243,6 +243,10 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     pq.write_table(pa.Table.from_pylist(rows), out / "report.parquet")
     atomic_write_text(out / "report.md", _table_markdown(sorted(rows, key=lambda r: (r["model"], r["split"], r["category"]))) + "\n")
     plots = _plots(rows, out)
+    code_tables = sorted(storage.path("evaluation").glob("*/code_regression.parquet"))
+    code_rows = [r for t in code_tables for r in pq.read_table(t).to_pylist()]
+    if code_rows:
+        pq.write_table(pa.Table.from_pylist(code_rows), out / "code_regression.parquet")
     points = []
     for r in sorted((r for r in rows if r["model"].startswith("adapter") and r["category"] == "all"
                      and r["split"] == "in_domain"), key=lambda r: r["step"]):
@@ -254,6 +258,9 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     outliers = perplexity_outliers(points, ev.outlier_factor)
     return dg.MaterializeResult(
         metadata={"checkpoints": len(tables), "rows": len(rows), "path": dg.MetadataValue.path(str(out)),
+                  "code_regression": dg.MetadataValue.json([{k: r[k] for k in ("checkpoint", "model", "difficulty",
+                                                                                "compile_rate", "pass_rate")}
+                                                            for r in code_rows if r["difficulty"] == "all"]),
                   **{name: dg.MetadataValue.md(embed_png(p, name)) for name, p in plots.items()}},
         check_results=[dg.AssetCheckResult(check_name="no_perplexity_outliers", passed=not outliers,
                                            metadata={"flagged": dg.MetadataValue.json(outliers),
@@ -267,7 +274,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     "its evaluation.",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
-    asset_selection=["checkpoints", "checkpoint_eval"],
+    asset_selection=["checkpoints", "checkpoint_eval", "code_regression"],
 )
 def new_checkpoints_sensor(context: dg.SensorEvaluationContext):
     from spark_pipeline import settings
@@ -279,7 +286,8 @@ def new_checkpoints_sensor(context: dg.SensorEvaluationContext):
         return dg.SkipReason(f"{len(found)} checkpoint(s), none new")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"eval:{k}", partition_key=k,
-                                    asset_selection=[dg.AssetKey("checkpoints"), dg.AssetKey("checkpoint_eval")])
+                                    asset_selection=[dg.AssetKey("checkpoints"), dg.AssetKey("checkpoint_eval"),
+                                                     dg.AssetKey("code_regression")])
                       for k in new],
         dynamic_partitions_requests=[checkpoint_partitions.build_add_request(new)],
     )
@@ -345,3 +353,58 @@ def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage,
     pq.write_table(pa.Table.from_pylist(rows), out / "table.parquet")
     return dg.MaterializeResult(metadata={"models": len(specs), "rows": len(rows), "usage": dg.MetadataValue.json(usage),
                                           "table": dg.MetadataValue.md(_table_markdown(rows))})
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=checkpoint_partitions,
+    deps=["checkpoints"],
+    code_version=EVAL_CODE_VERSION,
+    description="§6.8 general-code regression: base and base+adapter write C++ solutions to FullStackBench-format "
+    "problems, compiled with g++ and run under time and memory limits; compile and pass rates overall and by "
+    "difficulty. <storage>/evaluation/<checkpoint>/code_regression.parquet",
+)
+def code_regression(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
+    from peft import PeftModel
+
+    from spark_pipeline.evaluation.fullstack import (
+        evaluate,
+        extract_code,
+        load_problems,
+        prompt_for,
+        summarise,
+    )
+    from spark_pipeline.evaluation.metrics import greedy_generate
+    from spark_pipeline.tokens.tokenizer import load_tokenizer
+    from spark_pipeline.training.model import load_base_model
+
+    key = context.partition_key
+    path = _checkpoint_path(storage, key)
+    settings = TrainingSettings.load(spark_config.name())
+    cfg = dict(EvalSettings.load(spark_config.name()).code_regression)
+    problems = load_problems(cfg.get("problems") or None)
+    lineage = json.loads((path / "lineage.json").read_text())
+    tokenizer = load_tokenizer(lineage.get("tokenizer", settings.tokenizer))
+    base_path = base_model_folder(settings, storage.path())
+    models = {"base": load_base_model(str(base_path)).eval(),
+              f"adapter:{key}": PeftModel.from_pretrained(load_base_model(str(base_path)), str(path)).eval()}
+    rows, examples = [], {}
+    for name, model in models.items():
+        def solve(problem, model=model):
+            ids = greedy_generate(model, tokenizer.encode(prompt_for(problem)), int(cfg["max_new_tokens"]),
+                                  tokenizer.eos_id)
+            return extract_code(tokenizer.decode(ids))
+
+        outcomes = evaluate(solve, problems, float(cfg["time_limit_s"]), int(cfg["memory_mb"]))
+        examples[name] = [o.reason for o in outcomes][:3]
+        for difficulty, summary in sorted(summarise(outcomes).items()):
+            rows.append({"checkpoint": key, "model": name, "difficulty": difficulty, **summary,
+                         "lineage_sha256": sha256_file(path / "lineage.json")})
+    out = storage.path("evaluation", key)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "code_regression.parquet")
+    overall = {r["model"]: {"compile_rate": r["compile_rate"], "pass_rate": r["pass_rate"]}
+               for r in rows if r["difficulty"] == "all"}
+    return dg.MaterializeResult(metadata={"problems": len(problems), "overall": dg.MetadataValue.json(overall),
+                                          "first_outcomes": dg.MetadataValue.json(examples),
+                                          "path": dg.MetadataValue.path(str(out / "code_regression.parquet"))})

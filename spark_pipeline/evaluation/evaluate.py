@@ -45,11 +45,13 @@ class EvalSettings:
     batch_size: int
     outlier_factor: float
     external_models: tuple = ()
+    code_regression: tuple = ()
 
     @classmethod
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> EvalSettings:
         values = {**load_config(profile)["evaluation"], **(overrides or {})}
         values["external_models"] = tuple(tuple(sorted(m.items())) for m in values.get("external_models") or [])
+        values["code_regression"] = tuple(sorted((values.get("code_regression") or {}).items()))
         return cls(**values)
 
 
@@ -78,7 +80,7 @@ def adapter_sanity(checkpoint: Path, base, adapted, probe: list[int]) -> dict:
     lineage = json.loads((Path(checkpoint) / "lineage.json").read_text())
     actual = sha256_file(Path(checkpoint) / "adapter_model.safetensors")
     with torch.no_grad():
-        ids = torch.tensor([probe])
+        ids = torch.tensor([probe], device=next(adapted.parameters()).device)
         with adapted.disable_adapter():
             base_logits = adapted(input_ids=ids, use_cache=False).logits
         adapted_logits = adapted(input_ids=ids, use_cache=False).logits
@@ -95,7 +97,8 @@ def _evaluate_model(model, name: str, samples: list[dict], tokenizer, settings: 
     from spark_pipeline.evaluation.codecheck import compiles
 
     context = context or {}
-    scores = score_samples(model, [s["ids"] for s in samples], fraction=settings.split_fraction,
+    device = next(model.parameters()).device
+    scores = score_samples(model, [s["ids"] for s in samples], device=device, fraction=settings.split_fraction,
                            batch_size=settings.batch_size, pad_id=tokenizer.pad_id)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
@@ -109,7 +112,7 @@ def _evaluate_model(model, name: str, samples: list[dict], tokenizer, settings: 
             continue
         gen_budget[key] += 1
         cut = split_at(len(s["ids"]), settings.split_fraction)
-        generated[i] = greedy_generate(model, s["ids"][:cut], settings.max_new_tokens, tokenizer.eos_id)
+        generated[i] = greedy_generate(model, s["ids"][:cut], settings.max_new_tokens, tokenizer.eos_id, device)
     rows = []
     for (split, category), idx in sorted(groups.items()):
         nll = sum(scores[i].nll_sum for i in idx)
@@ -188,8 +191,9 @@ def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, toke
     if not samples:
         raise EvaluationError(f"the evaluation sets at {eval_dir} hold no usable sample")
     torch.manual_seed(0)
-    base = load_base_model(str(base_model)).eval()
-    adapted = PeftModel.from_pretrained(load_base_model(str(base_model)), str(checkpoint)).eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # batched, on GPU when there is one
+    base = load_base_model(str(base_model), device=device).eval()
+    adapted = PeftModel.from_pretrained(load_base_model(str(base_model), device=device), str(checkpoint)).eval()
     sanity = adapter_sanity(checkpoint, base, adapted, samples[0]["ids"][:64])
     if not sanity["passed"]:
         return [], sanity
