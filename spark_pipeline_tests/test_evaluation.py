@@ -191,3 +191,19 @@ def test_cpp_regression_oracle_wrong_broken_slow_and_greedy_memory():
     assert hog[:2] == (True, False), "the address-space limit stops a memory hog"
     assert extract_code("Sure!\n```cpp\nint f();\n```\nmore") == "int f();\n"
     assert extract_code("int f() { return 1; }\n```") == "int f() { return 1; }\n"
+
+
+def test_category_winner_across_models():
+    from spark_pipeline.defs.evaluation import category_winners
+
+    def row(model, category, acc, step=-1, split="in_domain"):
+        return {"model": model, "category": category, "gen_token_accuracy": acc, "step": step, "split": split}
+
+    rows = [row("base", "crypto", 0.2), row("adapter:r--checkpoint-2", "crypto", 0.9, 2),
+            row("adapter:r--checkpoint-4", "crypto", 0.5, 4), row("external:claude", "crypto", 0.6),
+            row("base", "usb_stack", 0.4), row("adapter:r--checkpoint-4", "usb_stack", 0.3, 4),
+            row("external:claude", "usb_stack", float("nan")), row("base", "all", 1.0),
+            row("external:claude", "crypto", 0.99, split="held_out")]
+    winners = category_winners(rows)
+    assert {c: w["model"] for c, w in winners.items()} == {"crypto": "external:claude", "usb_stack": "base"}, \
+        "only the latest checkpoint competes; NaN never wins; held-out rows do not count"

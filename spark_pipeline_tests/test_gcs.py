@@ -87,3 +87,21 @@ def test_incomplete_upload_is_not_downloaded(emulator, tmp_path):
         download_checkpoint("gs://spark-test/runs/r4/checkpoint-1", tmp_path / "x", client)
     with pytest.raises(GCSError, match="not a gs:// URL"):
         CheckpointUploader("s3://bucket/x")
+
+
+def test_sensor_finds_uploaded_checkpoints_and_evaluation_downloads_them(emulator, tmp_path, monkeypatch):
+    from spark_pipeline.defs.evaluation import _checkpoint_path, discover_gcs_checkpoints
+    from spark_pipeline.defs.resources import SparkStorage
+
+    ckpt = _checkpoint(tmp_path / "checkpoint-5")
+    (ckpt / "lineage.json").write_text('{"step": 5}')
+    uploader = CheckpointUploader("gs://spark-test/ckpts/run1", delete_local=True, backoff_s=0.05)
+    uploader.submit(ckpt)
+    incomplete = make_client().bucket("spark-test").blob("ckpts/run1/checkpoint-9/optimizer.pt")
+    incomplete.upload_from_string(b"half")  # no marker: never listed
+    uploader.close(timeout=60)
+    found = discover_gcs_checkpoints("gs://spark-test/ckpts")
+    assert found == {"run1--checkpoint-5": "gs://spark-test/ckpts/run1/checkpoint-5"}
+    monkeypatch.setenv("SPARK_CHECKPOINT_URL", "gs://spark-test/ckpts")
+    local = _checkpoint_path(SparkStorage(root=str(tmp_path / "storage")), "run1--checkpoint-5")
+    assert (local / "lineage.json").read_text() == '{"step": 5}' and (local / "optimizer.pt").stat().st_size == 300_000

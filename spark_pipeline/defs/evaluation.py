@@ -38,12 +38,36 @@ def discover_checkpoints(runs: Path) -> dict[str, Path]:
     return found
 
 
+def discover_gcs_checkpoints(url: str) -> dict[str, str]:
+    """Completed uploads under ``gs://bucket/prefix/<run>/<checkpoint>/`` (marker present)."""
+    from spark_pipeline.training.gcs import MARKER, make_client, parse_url
+
+    bucket, prefix = parse_url(url)
+    found = {}
+    for blob in make_client().list_blobs(bucket, prefix=(prefix + "/") if prefix else None):
+        parts = blob.name[len(prefix) + 1 if prefix else 0:].split("/")
+        if len(parts) == 3 and parts[2] == MARKER and parts[1].startswith(("checkpoint-", "emergency")):
+            found[f"{parts[0]}--{parts[1]}"] = f"gs://{bucket}/{'/'.join(p for p in (prefix, parts[0], parts[1]) if p)}"
+    return found
+
+
 def _checkpoint_path(storage: SparkStorage, key: str) -> Path:
+    """The checkpoint's local folder; a checkpoint that lives only in the bucket
+    (``$SPARK_CHECKPOINT_URL``) is downloaded and verified first."""
+    import os
+
     run, _, name = key.partition("--")
     path = storage.path("runs", run, "checkpoints", name)
-    if not (path / "lineage.json").exists():
-        raise dg.Failure(f"checkpoint {key!r} not found at {path} (was it deleted after an upload?)")
-    return path
+    if (path / "lineage.json").exists():
+        return path
+    url = os.environ.get("SPARK_CHECKPOINT_URL", "")
+    if url:
+        from spark_pipeline.training.gcs import download_checkpoint
+
+        remote = discover_gcs_checkpoints(url).get(key)
+        if remote:
+            return download_checkpoint(remote, storage.path("runs", run, "downloaded", name))
+    raise dg.Failure(f"checkpoint {key!r} not found at {path}" + (f" nor under {url}" if url else ""))
 
 
 @dg.asset(
@@ -194,21 +218,41 @@ def _plots(rows: list[dict], out: Path) -> dict[str, Path]:
         fig.colorbar(im, ax=ax)
         plots["improvement_heatmap"] = save(fig, out / "improvement_heatmap.png")
 
+        externals = sorted({r["model"] for r in rows if r["model"].startswith("external:")})
+        series = [(lambda m: m == "base", "base"), (lambda m: m.startswith("adapter"), "adapter")] + \
+            [((lambda m, e=e: m == e), e) for e in externals]
+        bar = 0.8 / len(series)
         fig, axes = plt.subplots(1, 2, figsize=(7, 3), dpi=80)
         for ax, metric in zip(axes, ("gen_token_accuracy", "bleu4"), strict=True):
-            for k, (model_filter, label) in enumerate(((lambda m: m == "base", "base"),
-                                                       (lambda m: m.startswith("adapter"), "adapter"))):
+            for k, (model_filter, label) in enumerate(series):
                 vals = []
                 for c in cats:
                     match = [r[metric] for r in rows if model_filter(r["model"]) and r["category"] == c
                              and r["split"] == "in_domain" and (r["step"] == latest or r["model"] == "base")]
                     vals.append(0 if not match or math.isnan(match[0]) else match[0])
-                ax.bar([i + k * 0.4 for i in range(len(cats))], vals, 0.4, label=label)
-            ax.set_xticks([i + 0.2 for i in range(len(cats))], cats, rotation=30, ha="right", fontsize=6)
+                ax.bar([i + k * bar for i in range(len(cats))], vals, bar, label=label)
+            ax.set_xticks([i + 0.4 - bar / 2 for i in range(len(cats))], cats, rotation=30, ha="right", fontsize=6)
             ax.set_title(metric, fontsize=9)
             ax.legend(fontsize=6)
         plots["generation_per_category"] = save(fig, out / "generation_per_category.png")
     return plots
+
+
+def category_winners(rows: list[dict]) -> dict[str, dict]:
+    """Per in-domain category, the model with the highest generative token accuracy among the
+    base, the latest checkpoint's adapter and the external models (§6.6 "winner")."""
+    adapters = [r for r in rows if r["model"].startswith("adapter")]
+    latest = max((r["step"] for r in adapters), default=None)
+    contenders = [r for r in rows if r["split"] == "in_domain" and r["category"] != "all"
+                  and (r["model"] == "base" or r["model"].startswith("external:")
+                       or (r["model"].startswith("adapter") and r["step"] == latest))
+                  and not math.isnan(r["gen_token_accuracy"])]
+    winners: dict[str, dict] = {}
+    for r in sorted(contenders, key=lambda r: r["model"]):
+        best = winners.get(r["category"])
+        if best is None or r["gen_token_accuracy"] > best["gen_token_accuracy"]:
+            winners[r["category"]] = r
+    return dict(sorted(winners.items()))
 
 
 @dg.asset(
@@ -256,11 +300,15 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
         points.append({"checkpoint": r["checkpoint"], "step": r["step"], "perplexity": r["perplexity"],
                        "train_loss": losses[-1] if losses else None})
     outliers = perplexity_outliers(points, ev.outlier_factor)
+    winners = category_winners(rows)
+    atomic_write_text(out / "winners.md", "| category | winner | token accuracy |\n|---|---|---|\n" + "".join(
+        f"| {c} | {w['model']} | {w['gen_token_accuracy']:.3f} |\n" for c, w in winners.items()))
     return dg.MaterializeResult(
         metadata={"checkpoints": len(tables), "rows": len(rows), "path": dg.MetadataValue.path(str(out)),
                   "code_regression": dg.MetadataValue.json([{k: r[k] for k in ("checkpoint", "model", "difficulty",
                                                                                 "compile_rate", "pass_rate")}
                                                             for r in code_rows if r["difficulty"] == "all"]),
+                  "winners": dg.MetadataValue.json({c: w["model"] for c, w in winners.items()}),
                   **{name: dg.MetadataValue.md(embed_png(p, name)) for name, p in plots.items()}},
         check_results=[dg.AssetCheckResult(check_name="no_perplexity_outliers", passed=not outliers,
                                            metadata={"flagged": dg.MetadataValue.json(outliers),
@@ -270,16 +318,21 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
 
 @dg.sensor(
     name="new_checkpoints_sensor",
-    description="Registers each new checkpoint under <storage>/runs/ as a `checkpoints` partition and requests "
-    "its evaluation.",
+    description="Registers each new checkpoint — under <storage>/runs/, or uploaded under $SPARK_CHECKPOINT_URL "
+    "(gs://) — as a `checkpoints` partition and requests its evaluation.",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     asset_selection=["checkpoints", "checkpoint_eval", "code_regression"],
 )
 def new_checkpoints_sensor(context: dg.SensorEvaluationContext):
+    import os
+
     from spark_pipeline import settings
 
-    found = discover_checkpoints(settings.storage_root() / "runs")
+    found = dict(discover_checkpoints(settings.storage_root() / "runs"))
+    if os.environ.get("SPARK_CHECKPOINT_URL"):
+        for key, url in discover_gcs_checkpoints(os.environ["SPARK_CHECKPOINT_URL"]).items():
+            found.setdefault(key, url)
     known = set(context.instance.get_dynamic_partitions(checkpoint_partitions.name))
     new = [k for k in found if k not in known]
     if not new:
