@@ -54,6 +54,10 @@ def _run(tmp_path, cache, run_name, settings, nproc=1, resume="", extra=None, ti
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):  # torchrun's workers too
+            child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         raise AssertionError("training did not finish:\n" + out[-3000:]) from None

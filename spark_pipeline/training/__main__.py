@@ -1,5 +1,12 @@
+import os
 import sys
 
 from spark_pipeline.training.loop import main
 
-sys.exit(main())
+code = main()
+# Everything is on disk and reported by now. Leave without interpreter teardown: destroying
+# a DDP reducer at exit can join gloo's worker thread while that thread waits for the GIL
+# the exiting main thread holds (seen as a hang of one rank after a finished run).
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)

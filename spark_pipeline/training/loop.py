@@ -350,6 +350,7 @@ def main(argv=None) -> int:
         (run_dir / "result.json").write_text(json.dumps(metadata, indent=2))
     reporter.finish(metadata)
     if distributed:
+        torch.distributed.barrier()  # nobody leaves while another rank still writes
         torch.distributed.destroy_process_group()
     return 0
 
