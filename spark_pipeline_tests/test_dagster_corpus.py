@@ -173,6 +173,9 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert lineage_sha == sha256_file(storage / "runs" / "hero" / "checkpoints" / "checkpoint-2" / "lineage.json")
     overall = [r for r in rows if r["category"] == "all"]
     assert all(r["perplexity"] > 1 and 0 <= r["tf_top5"] <= 1 and r["gen_samples"] > 0 for r in overall)
+    for r in overall:
+        base = next(b for b in overall if b["model"] == "base" and b["split"] == r["split"])
+        assert r["ppl_reduction_vs_base"] == pytest.approx((base["perplexity"] - r["perplexity"]) / base["perplexity"])
     assert all(0 <= r["compile_rate"] <= 1 and r["memorized_longest_max"] >= 0 for r in overall), \
         "compile check and memorization report ran"
 

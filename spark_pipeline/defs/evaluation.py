@@ -110,7 +110,7 @@ def _code_context(storage: SparkStorage, lineage: dict) -> dict:
 
 
 def _table_markdown(rows: list[dict]) -> str:
-    cols = ["model", "split", "category", "samples", "perplexity", "tf_loss", "tf_top1", "tf_top5",
+    cols = ["model", "split", "category", "samples", "perplexity", "ppl_reduction_vs_base", "tf_loss", "tf_top1", "tf_top5",
             "gen_token_accuracy", "bleu4", "exact_match", "compile_rate", "memorized_longest_max"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -282,6 +282,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
         r.setdefault("compile_rate", float("nan"))
         r.setdefault("memorized_longest_max", -1)
         r.setdefault("memorized_longest_mean", float("nan"))
+        r.setdefault("ppl_reduction_vs_base", float("nan"))
     out = storage.path("evaluation", "report")
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "report.parquet")
@@ -456,6 +457,10 @@ def code_regression(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     out = storage.path("evaluation", key)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "code_regression.parquet")
+    atomic_write_text(out / "code_regression.md", "| model | difficulty | problems | compile rate | pass rate |\n"
+                      "|---|---|---|---|---|\n" + "".join(
+                          f"| {r['model']} | {r['difficulty']} | {r['problems']} | {r['compile_rate']:.3f} | "
+                          f"{r['pass_rate']:.3f} |\n" for r in rows))
     overall = {r["model"]: {"compile_rate": r["compile_rate"], "pass_rate": r["pass_rate"]}
                for r in rows if r["difficulty"] == "all"}
     return dg.MaterializeResult(metadata={"problems": len(problems), "overall": dg.MetadataValue.json(overall),

@@ -201,8 +201,12 @@ def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, toke
     rows = _base_rows(base, base_model, eval_dir, samples, tokenizer, settings, cache_dir, context) + \
         _evaluate_model(adapted, f"adapter:{checkpoint_key}", samples, tokenizer, settings, context)
     step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    base_ppl = {(r["split"], r["category"]): r["perplexity"] for r in rows if r["model"] == "base"}
     for row in rows:
-        row.update({"checkpoint": checkpoint_key, "step": step, "lineage_sha256": lineage_sha})
+        base_value = base_ppl.get((row["split"], row["category"]))
+        row.update({"checkpoint": checkpoint_key, "step": step, "lineage_sha256": lineage_sha,
+                    # relative perplexity reduction against the base (§6.4): 0 for the base itself
+                    "ppl_reduction_vs_base": (base_value - row["perplexity"]) / base_value if base_value else float("nan")})
     return rows, sanity
 
 
