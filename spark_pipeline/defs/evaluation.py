@@ -19,7 +19,7 @@ from spark_pipeline.evaluation.evaluate import (
 )
 from spark_pipeline.plots import _plt, embed_png, save
 from spark_pipeline.records import atomic_write_text, sha256_file
-from spark_pipeline.training.launch import base_model_folder
+from spark_pipeline.training.launch import base_model_folder, tokenizer_name
 from spark_pipeline.training.settings import TrainingSettings
 
 checkpoint_partitions = dg.DynamicPartitionsDefinition(name="checkpoints")
@@ -388,8 +388,7 @@ def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage,
         context.log.info("no external models configured (evaluation.external_models): nothing to evaluate")
         (out / "table.parquet").unlink(missing_ok=True)
         return dg.MaterializeResult(metadata={"models": 0})
-    tokenizer = load_tokenizer(settings.tokenizer if settings.tokenizer != "base_model"
-                               else f"hf:{base_model_folder(settings, storage.path())}")
+    tokenizer = load_tokenizer(tokenizer_name(settings.tokenizer, settings, storage.path()))
     try:
         samples = load_eval_samples(storage.path("corpus", "eval"), tokenizer, settings.max_length,
                                     ev.max_samples_per_category)

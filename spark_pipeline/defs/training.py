@@ -11,19 +11,13 @@ from pydantic import Field
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage
 from spark_pipeline.plots import embed_png
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
-from spark_pipeline.training.launch import base_model_folder, prepare_run, torchrun_command
+from spark_pipeline.training.launch import base_model_folder, prepare_run, tokenizer_name, torchrun_command
 from spark_pipeline.training.settings import TrainingSettings
 
 
 class TokenizeConfig(dg.Config):
     workers: int = Field(default=0, description="tokenizer processes; 0 means every core")
     tokenizer: str = Field(default="", description="dolma2-offline | hf:<path> | base_model; empty: the profile's")
-
-
-def _tokenizer_name(name: str, settings: TrainingSettings, storage: SparkStorage) -> str:
-    if name == "base_model":
-        return f"hf:{base_model_folder(settings, storage.path())}"
-    return name
 
 
 @dg.asset(
@@ -37,7 +31,7 @@ def _tokenizer_name(name: str, settings: TrainingSettings, storage: SparkStorage
 def tokenized_cache(context: dg.AssetExecutionContext, config: TokenizeConfig, storage: SparkStorage,
                     spark_config: SparkConfig):
     settings = TrainingSettings.load(spark_config.name())
-    name = _tokenizer_name(config.tokenizer or settings.tokenizer, settings, storage)
+    name = tokenizer_name(config.tokenizer or settings.tokenizer, settings, storage.path())
     workers = config.workers or (os.cpu_count() or 1)
 
     def progress(done, total):
@@ -110,13 +104,14 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
                          "(specmap_mappings, section_chunks, quality_samples), eval_sets, training_mixture and "
                          "tokenized_cache first (`spark demo` does all of them)")
     manifest = json.loads(mixture.read_text())
-    matching = [c for c in caches if json.loads((c / "cache.json").read_text())["mixture_hash"] == manifest["mixture_hash"]
-                and json.loads((c / "cache.json").read_text())["max_length"] == settings.max_length]
+    infos = {c: json.loads((c / "cache.json").read_text()) for c in caches}
+    matching = [c for c, info in infos.items()
+                if info["mixture_hash"] == manifest["mixture_hash"] and info["max_length"] == settings.max_length]
     if not matching:
         raise dg.Failure(f"no tokenized cache for the current mixture ({manifest['mixture_hash'][:12]}) at "
                          f"max_length {settings.max_length}: materialize tokenized_cache first")
     cache = max(matching, key=lambda c: (c / ".done").stat().st_mtime)
-    cache_info = json.loads((cache / "cache.json").read_text())
+    cache_info = infos[cache]
     registry = json.loads(storage.path("pairs", "registry.json").read_text())
     lineage = {"mixture_hash": manifest["mixture_hash"], "tokenized_cache": cache_info["key"],
                "tokenizer": cache_info["tokenizer"],

@@ -11,6 +11,7 @@ the lineage, and the adapted logits differ from the base model's.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,20 +214,17 @@ def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, toke
 def perplexity_outliers(points: list[dict], factor: float) -> list[dict]:
     """Checkpoints (ordered by step) whose perplexity departs from both neighbours' by more
     than ``factor`` (either way), and from exp(training loss) when that is known."""
+    def ratio(a: float, b: float) -> float:
+        return max(a, b) / min(a, b)
+
     flagged = []
     for i, p in enumerate(points):
         neighbours = [points[j]["perplexity"] for j in (i - 1, i + 1) if 0 <= j < len(points)]
         if not neighbours:
             continue
-        far = all(max(p["perplexity"], n) / min(p["perplexity"], n) > factor for n in neighbours)
+        far = all(ratio(p["perplexity"], n) > factor for n in neighbours)
         train = p.get("train_loss")
-        off_train = train is None or max(p["perplexity"], math_exp(train)) / min(p["perplexity"], math_exp(train)) > factor
+        off_train = train is None or ratio(p["perplexity"], math.exp(min(train, 50.0))) > factor
         if far and off_train:
             flagged.append({**p, "neighbours": neighbours})
     return flagged
-
-
-def math_exp(x: float) -> float:
-    import math
-
-    return math.exp(min(x, 50.0))

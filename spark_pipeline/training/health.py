@@ -19,11 +19,15 @@ class HealthMonitor:
     loss_spike: float = 1.5
     grad_spike: float = 2.0
     nan_limit: int = 3
-    losses: deque = field(default_factory=lambda: deque(maxlen=20))
-    grads: deque = field(default_factory=lambda: deque(maxlen=20))
+    losses: deque = field(default_factory=deque)
+    grads: deque = field(default_factory=deque)
     nan_count: int = 0
     nan_streak: int = 0
     anomalies: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.losses = deque(self.losses, maxlen=self.window)
+        self.grads = deque(self.grads, maxlen=self.window)
 
     def check(self, step: int, loss: float, grad_norm: float, preview: str = "") -> dict:
         """Returns {"skip_step": bool, "emergency": bool, "events": [...]}."""

@@ -26,6 +26,11 @@ def base_model_folder(settings: TrainingSettings, storage: Path) -> Path:
     return ensure_base_model(Path(storage) / "models" / f"olmo3-small-{digest}", settings.shape, settings.seed)
 
 
+def tokenizer_name(name: str, settings: TrainingSettings, storage: Path) -> str:
+    """``base_model`` means the base model's own tokenizer (``hf:<its folder>``)."""
+    return f"hf:{base_model_folder(settings, storage)}" if name == "base_model" else name
+
+
 def prepare_run(run_dir: Path, settings: TrainingSettings, lineage: dict) -> tuple[Path, Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_file = run_dir / "settings.json"
