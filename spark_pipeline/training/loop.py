@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +94,15 @@ class Reporter:
         if self.pipes:
             self.pipes.report_asset_materialization(metadata=metadata, data_version=metadata.get("final_checkpoint_sha"))
             self._pipes_cm.__exit__(None, None, None)
+
+
+SHUTDOWN_GRACE_S = 45.0
+
+
+def _exit_after_grace(rank: int) -> None:
+    print(f"rank {rank}: shutdown did not finish within {SHUTDOWN_GRACE_S:.0f} s after the run completed; "
+          "exiting (all checkpoints and results are already written)", file=sys.stderr, flush=True)
+    os._exit(0)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float):
@@ -348,6 +358,12 @@ def main(argv=None) -> int:
         if uploaded:
             metadata["final_checkpoint_url"] = uploaded[0]
         (run_dir / "result.json").write_text(json.dumps(metadata, indent=2))
+    # Everything is written. Shutdown (W&B's finish, the last barrier, tearing down the
+    # process group) has been seen to hang a rank now and then on gloo; a watchdog makes sure
+    # a finished run always exits.
+    watchdog = threading.Timer(SHUTDOWN_GRACE_S, _exit_after_grace, args=(rank,))
+    watchdog.daemon = True
+    watchdog.start()
     reporter.finish(metadata)
     if distributed:
         torch.distributed.barrier()  # nobody leaves while another rank still writes
