@@ -4,7 +4,13 @@ import pypdf
 import pytest
 
 from spark_pipeline.settings import SAMPLE_DIR
-from spark_pipeline.specmap.datasheet import DatasheetError, read_datasheet, read_markdown, read_text
+from spark_pipeline.specmap.datasheet import (
+    DatasheetError,
+    read_datasheet,
+    read_markdown,
+    read_text,
+    sectioning_warnings,
+)
 
 SAMPLE_PDF = SAMPLE_DIR / "datasheets" / "skm6_register_map.pdf"
 
@@ -24,7 +30,8 @@ def _pdf_without_outline(path: Path, blocks: list[str]) -> Path:
 def test_pdf_sections_come_from_the_outline():
     sections = read_datasheet(SAMPLE_PDF)
     by_id = {s.id: s for s in sections}
-    assert [s.id for s in sections][:4] == ["1", "2", "3", "3.1"]
+    assert [s.id for s in sections][:5] == ["front", "1", "2", "3", "3.1"]
+    assert "SKM-6" in sections[0].text  # the title page, before the first bookmark
     pwr = by_id["3.8"]
     assert pwr.title.startswith("PWR_MGMT_1") and pwr.level == 2 and pwr.parent_id == "3"
     assert "DEVICE_RESET" in pwr.text and "CLKSEL" in pwr.text
@@ -122,23 +129,138 @@ def test_empty_text_datasheet(tmp_path):
         read_datasheet(empty)
 
 
-def test_pdf_reading_is_page_by_page(monkeypatch):
-    """Sections are yielded while pages are still being read (a 150-page datasheet streams)."""
-    from spark_pipeline.specmap import datasheet
+def _register_map_pdf(path: Path) -> Path:
+    """A register map laid out as vendors do (no outline): a running header and footer on
+    every page, a table of contents, bold numbered headings, and register tables in a small
+    font whose rows start with numbers ("5 ACCEL_XOUT_L[0]")."""
+    from fpdf import FPDF
 
-    pages_read = []
-    original = datasheet._page_texts
+    pdf = FPDF()
+    pdf.set_auto_page_break(False)
 
-    def spy(reader, path):
-        for index, text in original(reader, path):
-            pages_read.append(index)
-            yield index, text
+    def page(n: int) -> None:
+        pdf.add_page()
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.set_xy(10, 8)
+        pdf.cell(0, 5, "XQ-9000 Register Map and Descriptions")
+        pdf.set_font("Helvetica", "", 10)
+        pdf.set_xy(10, 285)
+        pdf.cell(0, 5, f"{n} of 3")
+        pdf.set_xy(10, 25)
 
-    monkeypatch.setattr(datasheet, "_page_texts", spy)
-    stream = datasheet.read_pdf(SAMPLE_PDF)
-    first = next(stream)
-    assert first.id == "1"
-    total = len(pypdf.PdfReader(str(SAMPLE_PDF)).pages)
-    assert len(pages_read) < total, "the first section arrived before the whole PDF was read"
-    rest = list(stream)
-    assert len(pages_read) == total and rest
+    def heading(text: str) -> None:
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.multi_cell(0, 6, text, new_x="LMARGIN", new_y="NEXT")
+
+    def body(text: str) -> None:
+        pdf.set_font("Helvetica", "", 10)
+        pdf.multi_cell(0, 5, text, new_x="LMARGIN", new_y="NEXT")
+
+    def table(rows: list[str]) -> None:
+        pdf.set_font("Helvetica", "", 7)
+        for row in rows:
+            pdf.multi_cell(0, 4, row, new_x="LMARGIN", new_y="NEXT")
+
+    page(1)
+    heading("CONTENTS")
+    body("1 OVERVIEW .................................................... 1\n"
+         "2 REGISTER DESCRIPTIONS ....................................... 2\n"
+         "2.1 REGISTER 26 - CONFIGURATION ................................ 2\n"
+         "2.2 REGISTER 27 - GYROSCOPE CONFIGURATION ...................... 3\n"
+         "2.3 REGISTER 28 - ACCELEROMETER CONFIGURATION .................. 3")
+    heading("1 Overview")
+    body("The XQ-9000 is a six-axis motion sensor with a gyroscope and an accelerometer.")
+    page(2)
+    heading("2 Register Descriptions")
+    body("This section describes each register.")
+    heading("2.1 Register 26 - Configuration")
+    body("CONFIG configures the frame synchronisation pin and the low pass filter.")
+    table(["EXT_SYNC_SET FSYNC bit location", "0 Input disabled", "1 TEMP_OUT_L[0]",
+           "5 ACCEL_XOUT_L[0]", "6 GYRO_XOUT_L[0]", "7 ACCEL_ZOUT_L[0]"])
+    body("DLPF_CFG selects the filter bandwidth.")
+    page(3)
+    heading("2.2 Register 27 - Gyroscope Configuration")
+    body("GYRO_CONFIG selects the full scale range of the gyroscope outputs.")
+    heading("2.3 Register 28 - Accelerometer Configuration")
+    body("ACCEL_CONFIG selects the full scale range of the accelerometer outputs.")
+    pdf.output(str(path))
+    return path
+
+
+def test_pdf_headings_told_from_table_rows_by_layout(tmp_path):
+    """Table rows that start with a number ("5 ACCEL_XOUT_L[0]", 7 pt) are text, not
+    headings; the bold 10 pt numbered lines are. (Numbers alone accepted the row as section
+    5 and then rejected 2.2 and 2.3 as going backwards.)"""
+    sections = read_datasheet(_register_map_pdf(tmp_path / "regmap.pdf"))
+    assert [s.id for s in sections] == ["front", "1", "2", "2.1", "2.2", "2.3"]
+    by_id = {s.id: s for s in sections}
+    assert by_id["2.1"].title == "Register 26 - Configuration" and by_id["2.1"].parent_id == "2"
+    assert "5 ACCEL_XOUT_L[0]" in by_id["2.1"].text and "DLPF_CFG" in by_id["2.1"].text
+    assert "GYRO_CONFIG selects" in by_id["2.2"].text and "ACCEL_CONFIG" not in by_id["2.2"].text
+    text = "\n".join(s.text for s in sections)
+    assert "Register Map and Descriptions" not in text, "running header dropped"
+    assert " of 3" not in text, "page footer dropped"
+    assert "......" not in text, "contents entries dropped"
+    assert sectioning_warnings(sections) == []
+
+
+def _outline_pdf(path: Path) -> Path:
+    """Three sections on one page whose bookmarks are not worded like the printed headings."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    for bookmark, heading, body in (
+        ("Clock control", "5.1 RCC block", "The RCC block gates the peripheral clocks."),
+        ("Power control", "5.2 PWR block", "The PWR block sets the voltage scaling."),
+        ("Watchdog", "5.3 IWDG", "The IWDG resets a stuck program."),
+    ):
+        pdf.start_section(bookmark, level=0)
+        pdf.set_font("Helvetica", "B", 12)
+        pdf.multi_cell(0, 8, heading, new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", "", 10)
+        pdf.multi_cell(0, 5, body, new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(4)
+    pdf.output(str(path))
+    return path
+
+
+def test_outline_sections_are_cut_where_their_bookmarks_point(tmp_path):
+    """Each section gets the text below its own bookmark on the page, even when the bookmark's
+    title is not what the page prints (a title search found nothing, left the first sections
+    empty and gave all the text to the last one)."""
+    sections = read_datasheet(_outline_pdf(tmp_path / "outline.pdf"))
+    texts = {s.title: s.text for s in sections}
+    assert list(texts) == ["Clock control", "Power control", "Watchdog"]
+    assert "gates the peripheral clocks" in texts["Clock control"]
+    assert "voltage scaling" in texts["Power control"] and "clocks" not in texts["Power control"]
+    assert "stuck program" in texts["Watchdog"] and "voltage" not in texts["Watchdog"]
+    assert all(s.page_start == s.page_end == 1 for s in sections)
+
+
+def test_a_pdf_without_recognisable_headings_is_reported(tmp_path):
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", "", 10)
+    for word in ("alpha", "beta", "gamma"):
+        pdf.add_page()
+        pdf.multi_cell(0, 5, " ".join([f"The {word} device samples its inputs and stores them."] * 45))
+    path = tmp_path / "flat.pdf"
+    pdf.output(str(path))
+    sections = read_datasheet(path)
+    warnings = sectioning_warnings(sections)
+    assert len(warnings) == 1 and "flat.pdf" in warnings[0] and "no headings were recognised" in warnings[0]
+
+
+def test_sectioning_warnings_name_a_giant_section_and_empty_ones():
+    from spark_pipeline.specmap.sections import Section
+
+    giant = [Section("front", "Front matter", 1, "x" * 100)] + [
+        Section(f"4.{i}", f"Register {i}", 2, f"Register {i}\nbody of register {i} " * 3) for i in range(1, 6)]
+    giant[3].text = "y" * 20_000
+    warnings = sectioning_warnings(giant)
+    assert any("section 4.3" in w and "headings inside it were probably missed" in w for w in warnings)
+    empty = [Section(f"1.{i}", f"Part {i}", 2, f"Part {i}") for i in range(1, 6)] + [
+        Section("2", "Body", 1, "text " * 2000)]
+    assert any("have no text of their own" in w for w in sectioning_warnings(empty))

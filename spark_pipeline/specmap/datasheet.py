@@ -4,9 +4,9 @@ Every reader yields :class:`Section` objects in document order: an id (the headi
 where it has one, ``1.2.3``; a generated one otherwise), a title, a level, the section's own
 text, a page range (PDF) and the id of its parent.
 
-* PDF: sections from the document outline (bookmarks) when the PDF has one, otherwise from
-  numbered headings found in the text. Pages are read one at a time, so a 150-page
-  datasheet never needs more than one page's text in flight beyond the sections themselves.
+* PDF (:mod:`.pdf`): sections from the document outline (bookmarks), cut where each bookmark
+  points on its page, or, without an outline, from numbered headings told from table rows by
+  their layout. Running headers and footers are dropped.
 * Markdown: ``#`` headings; plain text: numbered headings (``4.2 Power management``).
 * CMSIS-SVD: one section per peripheral and one per register, with its fields.
 
@@ -17,56 +17,21 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from spark_pipeline.specmap.pairs import DATASHEET_KINDS
+from spark_pipeline.specmap.pdf import read_pdf
+from spark_pipeline.specmap.sections import (  # noqa: F401 - Section and DatasheetError are re-exported
+    DatasheetError,
+    HeadingSections,
+    Section,
+    plausible_heading,
+    sectioning_warnings,
+    split_number,
+    unique_id,
+)
 
-
-class DatasheetError(ValueError):
-    """A datasheet cannot be read: encrypted, corrupt, empty or of an unknown type."""
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    level: int
-    text: str = ""
-    page_start: int | None = None  # 1-based
-    page_end: int | None = None
-    parent_id: str | None = None
-    source: str = ""
-    names: list[str] = field(default_factory=list)  # register/field/peripheral names (SVD: exact)
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "level": self.level,
-                "page_start": self.page_start, "page_end": self.page_end,
-                "parent_id": self.parent_id, "source": self.source, "chars": len(self.text)}
-
-
-_NUMBERED = re.compile(r"^\s*((?:\d+|[A-Z])(?:\.\d+){0,5})\.?\s+([A-Z][^\n]{1,90}?)\s*$")
-_DOT_LEADER = re.compile(r"(\.\s?){4,}\s*\d+\s*$|\s{3,}\d+\s*$")
 _WS = re.compile(r"\s+")
-
-
-def _split_number(title: str) -> tuple[str | None, str]:
-    m = re.match(r"^\s*((?:\d+|[A-Z])(?:\.\d+)+|\d+)\.?\s+(.*)$", title)
-    if m:
-        return m.group(1), m.group(2).strip()
-    return None, title.strip()
-
-
-def _unique(ids: set[str], wanted: str) -> str:
-    if wanted not in ids:
-        ids.add(wanted)
-        return wanted
-    n = 2
-    while f"{wanted}~{n}" in ids:
-        n += 1
-    ids.add(f"{wanted}~{n}")
-    return f"{wanted}~{n}"
 
 
 def read_datasheet(path: Path) -> list[Section]:
@@ -78,7 +43,7 @@ def read_datasheet(path: Path) -> list[Section]:
     if not path.is_file():
         raise DatasheetError(f"{path}: file does not exist")
     if kind == "pdf":
-        sections = list(read_pdf(path))
+        sections = read_pdf(path)
     elif kind == "svd":
         sections = read_svd(path)
     else:
@@ -92,216 +57,11 @@ def read_datasheet(path: Path) -> list[Section]:
     return sections
 
 
-# ---------------------------------------------------------------------------------- PDF
-
-
-def _open_pdf(path: Path):
-    import pypdf
-    from pypdf.errors import PdfReadError
-
-    try:
-        reader = pypdf.PdfReader(str(path), strict=False)
-        if reader.is_encrypted:
-            try:
-                ok = reader.decrypt("")
-            except Exception as exc:  # noqa: BLE001 - pypdf raises several types here
-                raise DatasheetError(f"{path}: PDF is encrypted and cannot be opened ({exc})") from exc
-            if not ok:
-                raise DatasheetError(f"{path}: PDF is encrypted with a user password; "
-                                     "supply a decrypted copy")
-        _ = len(reader.pages)
-        return reader
-    except DatasheetError:
-        raise
-    except (PdfReadError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasheetError(f"{path}: not a readable PDF ({type(exc).__name__}: {exc})") from exc
-
-
-def _outline_entries(reader) -> list[tuple[int, str, int]]:
-    """(level, title, 0-based page) for every outline entry that points at a page."""
-    entries: list[tuple[int, str, int]] = []
-
-    def walk(items, level):
-        for item in items:
-            if isinstance(item, list):
-                walk(item, level + 1)
-                continue
-            try:
-                page = reader.get_destination_page_number(item)
-            except Exception:  # noqa: BLE001 - broken destinations are skipped
-                page = None
-            title = _WS.sub(" ", str(getattr(item, "title", "") or "")).strip()
-            if title and page is not None and page >= 0:
-                entries.append((level, title, page))
-
-    try:
-        walk(reader.outline, 1)
-    except Exception:  # noqa: BLE001 - a damaged outline falls back to headings
-        return []
-    return entries
-
-
-def _find_title(page_text: str, title: str, start: int = 0, full_title: str = "") -> int:
-    """Where a heading starts in ``page_text`` (whitespace- and case-insensitive), or -1.
-
-    A heading on a line of its own (optionally behind its number) is preferred over the
-    same words in running text."""
-    def pattern(words: list[str]) -> str:
-        return r"\s*".join(re.escape(w) for w in words[:8])
-
-    words = title.split()
-    if not words:
-        return -1
-    tries = []
-    if full_title and full_title != title:
-        tries.append(r"(?m)^[ \t]*" + pattern(full_title.split()))
-    tries += [r"(?m)^[ \t]*(?:[\dA-Z]+(?:\.\d+)*\.?[ \t]+)?" + pattern(words), pattern(words)]
-    for regex in tries:
-        m = re.compile(regex, re.IGNORECASE).search(page_text, start)
-        if m:
-            return m.start()
-    return -1
-
-
-def read_pdf(path: Path) -> Iterator[Section]:
-    """Stream a PDF's sections, reading one page at a time."""
-    reader = _open_pdf(path)
-    entries = _outline_entries(reader)
-    if entries:
-        yield from _pdf_by_outline(reader, entries, path)
-    else:
-        yield from _pdf_by_headings(reader, path)
-
-
-def _page_texts(reader, path: Path) -> Iterator[tuple[int, str]]:
-    for index, page in enumerate(reader.pages):
-        try:
-            text = page.extract_text() or ""
-        except Exception as exc:  # noqa: BLE001 - one bad page must not lose the rest
-            raise DatasheetError(f"{path}: page {index + 1} cannot be read ({exc})") from exc
-        yield index, text
-
-
-def _pdf_by_outline(reader, entries, path: Path) -> Iterator[Section]:
-    ids: set[str] = set()
-    stack: list[tuple[int, str]] = []
-    sections: list[Section] = []
-    full_titles: list[str] = []
-    for n, (level, title, page) in enumerate(entries):
-        number, bare = _split_number(title)
-        sid = _unique(ids, number or f"s{n + 1}")
-        while stack and stack[-1][0] >= level:
-            stack.pop()
-        parent = stack[-1][1] if stack else None
-        stack.append((level, sid))
-        sections.append(Section(sid, bare, level, "", page + 1, page + 1, parent, path.name))
-        full_titles.append(title)
-    # Outlines are nearly always in page order; sort stably so text is cut in reading order.
-    order = sorted(range(len(sections)), key=lambda i: (entries[i][2], i))
-    starts: dict[int, list[int]] = {}
-    for i in order:
-        starts.setdefault(entries[i][2], []).append(i)
-    current: int | None = None
-    pending: list[str] = []
-    for page_index, text in _page_texts(reader, path):
-        cursor = 0
-        for i in starts.get(page_index, []):
-            at = _find_title(text, sections[i].title, cursor, full_titles[i])
-            if at < 0:
-                at = cursor
-            if current is not None:
-                if at > cursor:
-                    pending.append(text[cursor:at])
-                    sections[current].page_end = page_index + 1
-                sections[current].text = "".join(pending).strip()
-                yield sections[current]  # complete: the next section has begun
-            pending = []
-            current = i
-            cursor = at
-        if current is not None:
-            pending.append(text[cursor:] + "\n")
-            sections[current].page_end = page_index + 1
-    if current is not None:
-        sections[current].text = "".join(pending).strip()
-        yield sections[current]
-
-
-class _HeadingSections:
-    """Builds a section tree from headings met in reading order: keeps the stack of open
-    levels (for parent ids), unique ids, and the lines of the section being read."""
-
-    def __init__(self, source: str, page: int | None = None):
-        self.source = source
-        self.ids: set[str] = set()
-        self.stack: list[tuple[int, str]] = []
-        self.lines: list[str] = []
-        self.current = Section("front", "Front matter", 1, "", page, page, None, source)
-
-    def _finish(self) -> Section | None:
-        self.current.text = "\n".join(self.lines).strip()
-        self.lines = []
-        return self.current if (self.current.text or self.current.id != "front") else None
-
-    def start(self, wanted_id: str, title: str, level: int, page: int | None = None) -> Section | None:
-        """Begin a new section; returns the one it ends (None for an empty front matter)."""
-        done = self._finish()
-        while self.stack and self.stack[-1][0] >= level:
-            self.stack.pop()
-        parent = self.stack[-1][1] if self.stack else None
-        sid = _unique(self.ids, wanted_id)
-        self.stack.append((level, sid))
-        self.current = Section(sid, title, level, "", page, page, parent, self.source)
-        return done
-
-    def close(self) -> Section:
-        self.current.text = "\n".join(self.lines).strip()
-        return self.current
-
-
-def _pdf_by_headings(reader, path: Path) -> Iterator[Section]:
-    build = _HeadingSections(path.name, 1)
-    last_number: tuple[int, ...] = ()
-    for page_index, text in _page_texts(reader, path):
-        for line in text.splitlines():
-            heading = _heading(line, last_number)
-            if heading is None:
-                build.lines.append(line)
-                continue
-            number, title, last_number = heading
-            done = build.start(number, title, number.count(".") + 1, page_index + 1)
-            if done:
-                yield done
-        build.current.page_end = page_index + 1
-    yield build.close()
-
-
-def _number_key(number: str) -> tuple[int, ...]:
-    return tuple(int(p) if p.isdigit() else ord(p) - ord("A") + 1000 for p in number.split("."))
-
-
-def _heading(line: str, last: tuple[int, ...]) -> tuple[str, str, tuple[int, ...]] | None:
-    """A numbered heading that follows the previous one plausibly, else None."""
-    if len(line) > 100 or _DOT_LEADER.search(line):
-        return None
-    m = _NUMBERED.match(line)
-    if not m:
-        return None
-    number, title = m.group(1), m.group(2)
-    if title.endswith((".", ",", ";", ":")) or sum(c.isalpha() for c in title) < 3:
-        return None
-    key = _number_key(number)
-    if last and not key > last:
-        return None  # numbers run forward; a repeat is a table of contents or a reference
-    if key[0] >= 1000 and len(key) == 1:
-        return None  # a bare capital letter is rarely a heading
-    return number, title, key
-
-
 # ----------------------------------------------------------------------- Markdown / text
 
 
 def read_markdown(text: str, source: str = "") -> list[Section]:
-    build = _HeadingSections(source)
+    build = HeadingSections(source)
     sections: list[Section] = []
     in_fence = False
     for line in text.splitlines():
@@ -311,7 +71,7 @@ def read_markdown(text: str, source: str = "") -> list[Section]:
         if not m:
             build.lines.append(line)
             continue
-        number, title = _split_number(m.group(2))
+        number, title = split_number(m.group(2))
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or f"s{len(sections) + 1}"
         done = build.start(number or slug, title, len(m.group(1)))
         if done:
@@ -321,11 +81,11 @@ def read_markdown(text: str, source: str = "") -> list[Section]:
 
 
 def read_text(text: str, source: str = "") -> list[Section]:
-    build = _HeadingSections(source)
+    build = HeadingSections(source)
     sections: list[Section] = []
     last: tuple[int, ...] = ()
     for line in text.splitlines():
-        heading = _heading(line, last)
+        heading = plausible_heading(line, last)
         if heading is None:
             build.lines.append(line)
             continue
@@ -361,6 +121,8 @@ def read_svd(path: Path) -> list[Section]:
             instances.setdefault(p.get("derivedFrom"), []).append(_t(p, "name"))
     sections: list[Section] = []
     ids: set[str] = set()
+    cpu = root.find("cpu")
+    device = f"Device {_t(root, 'name')}" + (f", CPU {_t(cpu, 'name')}" if cpu is not None else "") + ".\n"
     for periph in peripherals:
         name = _t(periph, "name")
         derived = periph.get("derivedFrom")
@@ -370,14 +132,15 @@ def read_svd(path: Path) -> list[Section]:
         registers = (base if base is not None and periph.find("registers") is None else periph).findall(
             "./registers/register")
         reg_names = [_t(r, "name") for r in registers]
-        text = (f"Peripheral {name}" + (f" ({group})" if group else "") + f": {desc}\n"
+        text = ((device if not sections else "") + f"Peripheral {name}" + (f" ({group})" if group else "")
+                + f": {desc}\n"
                 f"Base address {_t(periph, 'baseAddress')}.\n"
                 + (f"Same register layout as {derived}.\n" if derived else "")
                 + ("Registers: " + ", ".join(reg_names) + "." if reg_names else ""))
         names = [name] + ([group] if group and group != name else [])
-        psid = _unique(ids, name)
+        psid = unique_id(ids, name)
         sections.append(Section(psid, f"{name}: {desc}"[:120], 1, text, None, None, None, path.name,
-                                names + reg_names))
+                                names + reg_names, [names]))
         if derived:
             continue  # the base peripheral's register sections already describe the layout
         others = instances.get(name, [])
@@ -402,9 +165,13 @@ def read_svd(path: Path) -> list[Section]:
                      f"access {_t(reg, 'access') or 'n/a'}.\n{_t(reg, 'description')}\n"
                      + (f"Also in {', '.join(others)}.\n" if others else "")
                      + ("Fields:\n" + "\n".join(field_lines) if field_lines else ""))
-            rsid = _unique(ids, f"{name}.{rname}")
+            rsid = unique_id(ids, f"{name}.{rname}")
+            register = [f"{name}_{rname}"] + [f"{o}_{rname}" for o in others]
+            qualified = [f"{group}_{rname}"] if group and group != name else []
+            # How vendor headers spell fields: I2C_CR1_PE (group, register, field).
+            field_macros = [f"{group or name}_{rname}_{f}" for f in field_names]
             sections.append(Section(rsid, f"{name}_{rname}: {_t(reg, 'description')}"[:120], 2, rtext.strip(),
                                     None, None, psid, path.name,
-                                    [f"{name}_{rname}"] + [f"{o}_{rname}" for o in others]
-                                    + [rname] + field_names))
+                                    register + qualified + [rname] + field_macros + field_names,
+                                    [register + qualified]))
     return sections
