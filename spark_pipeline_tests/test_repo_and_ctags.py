@@ -71,7 +71,7 @@ def test_ctags_parses_headers_as_c_with_end_lines(tmp_path):
     assert ("REG_CTRL", "macro") in kinds
     assert ("regs_t", "typedef") in kinds
     assert ("MODE_A", "constant") in kinds and ("mode", "enum") in kinds
-    assert ("regs_init", "function") in kinds  # prototype, which C++ mode reports differently
+    assert ("regs_init", "prototype") in kinds  # C mode reports prototypes (C++ mode would not)
     getter = next(s for s in symbols if s.name == "regs_get")
     assert (getter.line, getter.end) == (8, 11)
     struct = next(s for s in symbols if s.kind == "struct")

@@ -1,7 +1,9 @@
 """Code symbols from Universal Ctags (paper §3.2, M3).
 
 Runs the ``ctags`` binary once over a list of files with JSON output, ``.h`` parsed as C
-(Universal Ctags treats it as C++ otherwise) and end lines (``--fields=+neKSt``).
+(Universal Ctags treats it as C++ otherwise), Arduino sketches (``.ino``, ``.pde``) as C++,
+and end lines (``--fields=+neKStl``). Kinds are mapped to the paper's classes of symbol per
+language: a Python ``member`` is a method (a function), a C ``member`` a struct field.
 """
 
 from __future__ import annotations
@@ -15,13 +17,23 @@ from pathlib import Path
 
 #: ctags kinds we keep, by the paper's classes of symbol.
 SYMBOL_KINDS = {
-    "function": "function", "prototype": "function",
+    "function": "function", "prototype": "prototype",
     "macro": "macro", "define": "macro",
     "struct": "struct", "union": "struct", "member": "member",
     "enum": "enum", "enumerator": "constant",
     "typedef": "typedef",
     "variable": "variable", "externvar": "variable",
     "label": "label",  # assembly
+    "class": "struct",
+    "method": "function",
+    "config": "constant",  # Kconfig
+    "symbol": "variable",  # linker scripts
+}
+#: Where a kind means something else in a language.
+LANGUAGE_KINDS = {
+    ("Python", "member"): "function",
+    ("Python", "class"): "struct",
+    ("Python", "variable"): "variable",
 }
 
 
@@ -65,7 +77,8 @@ def run_ctags(root: Path, paths: list[str], timeout: float = 600) -> dict[str, l
     out: dict[str, list[Symbol]] = {p: [] for p in paths}
     if not paths:
         return out
-    cmd = [ctags_binary(), "--output-format=json", "--langmap=C:+.h", "--fields=+neKSt",
+    cmd = [ctags_binary(), "--output-format=json", "--langmap=C:+.h", "--langmap=C:+.inc",
+           "--langmap=C++:+.ino", "--langmap=C++:+.pde", "--langmap=DTS:+.overlay", "--fields=+neKStl",
            "--kinds-C=+px", "-f", "-", "-L", "-"]
     proc = subprocess.run(cmd, cwd=root, input="\n".join(paths) + "\n", capture_output=True,
                           timeout=timeout, text=True, errors="replace")
@@ -78,7 +91,8 @@ def run_ctags(root: Path, paths: list[str], timeout: float = 600) -> dict[str, l
             continue
         if tag.get("_type") != "tag":
             continue
-        kind = SYMBOL_KINDS.get(tag.get("kind", ""))
+        raw_kind = tag.get("kind", "")
+        kind = LANGUAGE_KINDS.get((tag.get("language", ""), raw_kind)) or SYMBOL_KINDS.get(raw_kind)
         path = tag.get("path")
         if kind is None or path not in out:
             continue
