@@ -1,134 +1,231 @@
-"""SpecMap on real input: the STM32F411 datasheet (PDF) and its CMSIS-SVD against a real
-STM32F411 bare-metal repository.
+"""SpecMap on real repository–datasheet pairs, against a hand-labelled set and a BM25 baseline.
 
-    python benchmarks/specmap_bench.py --repo PATH [--runs 3]
+    python benchmarks/specmap_bench.py --repos DIR [--labels benchmarks/specmap_labels.yaml] [--runs 3]
 
-PATH is a checkout of a real STM32F411 repository, for example
-NAKSEUNGCHOI/stm32f411RE-bare-metal (it is never part of this project). The datasheets are
-read from ../shared/reference/ beside the checkout; the script says so and exits when they,
-or the repository, are absent.
+DIR holds checkouts of the public repositories the labels name, one folder per repository
+named ``<owner>__<name>`` (for example ``NAKSEUNGCHOI__stm32f411RE-bare-metal``); they are
+never part of this project. The datasheets are read from ../shared/reference/ beside the
+checkout. Pairs whose repository or datasheet is absent are skipped and named.
 
-It prints, as medians over ``--runs`` runs:
-* sections per second for the PDF datasheet and for the SVD (datasheet reading included);
-* file-level precision and recall on LABELS below, a small labelled set written for this
-  benchmark: register sections of the SVD -> the files that define those registers (the
-  STM32F411 device header, wherever the repository keeps a copy) and the files whose code
-  programs them. The same figures for a same-run baseline, plain BM25 over whole files with
-  the same number of files per section, show what the hierarchy and the name matching add.
+Per pair and overall it prints, for SpecMap (the offline lexical judge) and for a same-run
+baseline (plain BM25 over whole files: the top 5 files of the repository for the section's
+title and text, their folders, and the 8 best symbols of those files by BM25 over symbol
+names), micro-averaged precision / recall / F1 at three levels:
+
+* folder: the folders of the mapped files against the folders of the gold files;
+* file: the files that reach the corpus under the section (the mapping file's code: only
+  sections found implemented or partial carry code) against the gold files;
+* symbol: (file, symbol) pairs shown under the section against the gold ones.
+
+It also prints each pair's seconds (cold: index built; warm: index from the cache), its
+sections per second, the judge's tokens (zero for the offline judge), and how many files sit
+under sections the labels call non-implementable (electrical, package, ...; it must be 0).
+Timings are medians over ``--runs`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from spark_pipeline.specmap.judge import WITH_CODE  # noqa: E402
 from spark_pipeline.specmap.lexical import BM25, tokenize  # noqa: E402
 from spark_pipeline.specmap.pairs import Datasheet, Pair, resolve_pair  # noqa: E402
 from spark_pipeline.specmap.pipeline import run_specmap  # noqa: E402
-from spark_pipeline.specmap.repo import scan_repository  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "reference"
-PDF = REFERENCE / "stm32f411-datasheet.pdf"
-SVD = REFERENCE / "STM32F411.svd"
-
-# The STM32F411 device header: where a register's struct member and bit masks are defined.
-F411_HEADER = "Drivers/CMSIS/Device/ST/STM32F4xx/Include/stm32f411xe.h"
-DEFINES = {f"21_i2c_MPU6050/{F411_HEADER}", f"22_SPI_RFID/{F411_HEADER}",
-           "chip_headers/CMSIS/Device/ST/STM32F4xx/Include/stm32f411xe.h"}
-I2C_DRIVERS = {"21_i2c_MPU6050/Core/Src/i2c.c", "22_SPI_RFID/Core/Src/i2c.c"}
-SPI_DRIVER = {"22_SPI_RFID/Core/Src/spi.c"}
-
-#: SVD section id -> files that define or program the register (read off the code by hand).
-LABELS: dict[str, set[str]] = {
-    "I2C3.CR1": DEFINES | I2C_DRIVERS,
-    "I2C3.SR1": DEFINES | I2C_DRIVERS,
-    "I2C3.SR2": DEFINES | I2C_DRIVERS,
-    "I2C3.CCR": DEFINES | I2C_DRIVERS,
-    "I2C3.TRISE": DEFINES | I2C_DRIVERS,
-    "I2S2ext.CR1": DEFINES | SPI_DRIVER,   # SPI1 shares this layout (derivedFrom)
-    "I2S2ext.SR": DEFINES | SPI_DRIVER,
-    "RCC.APB1ENR": DEFINES | I2C_DRIVERS,
-    "RCC.APB2ENR": DEFINES | SPI_DRIVER,
-    "RCC.AHB1ENR": DEFINES | I2C_DRIVERS | SPI_DRIVER | {"1_blinky/main.c", "23_LCD/main.c"},
-    "GPIOA.MODER": DEFINES | SPI_DRIVER | {"1_blinky/main.c"},
-    "GPIOA.ODR": DEFINES | SPI_DRIVER | {"1_blinky/main.c", "21_i2c_MPU6050/Core/Src/MPU6050.c"},
-    "GPIOB.MODER": DEFINES | I2C_DRIVERS | {"23_LCD/main.c"},
-    "GPIOB.PUPDR": DEFINES | I2C_DRIVERS,
-    "GPIOB.BSRR": DEFINES | {"23_LCD/main.c"},
-}
+LEVELS = ("folder", "file", "symbol")
 
 
-def _pair(repo: Path, sheet: Path, kind: str) -> Pair:
-    return Pair("bench", repo, None, None, (Datasheet(sheet, kind),), "STMicroelectronics", "mcu", "mcu",
-                "stm32_hal")
+class Counts:
+    def __init__(self):
+        self.tp = defaultdict(int)
+        self.pred = defaultdict(int)
+        self.gold = defaultdict(int)
+
+    def add(self, level: str, predicted: set, gold: set) -> None:
+        self.tp[level] += len(predicted & gold)
+        self.pred[level] += len(predicted)
+        self.gold[level] += len(gold)
+
+    def merge(self, other: Counts) -> None:
+        for level in LEVELS:
+            self.tp[level] += other.tp[level]
+            self.pred[level] += other.pred[level]
+            self.gold[level] += other.gold[level]
+
+    def prf(self, level: str) -> tuple[float, float, float]:
+        p = self.tp[level] / self.pred[level] if self.pred[level] else 0.0
+        r = self.tp[level] / self.gold[level] if self.gold[level] else 0.0
+        return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def _prf(predicted: dict[str, set[str]]) -> tuple[float, float]:
-    tp = sum(len(predicted.get(k, set()) & gold) for k, gold in LABELS.items())
-    n_pred = sum(len(predicted.get(k, set())) for k in LABELS)
-    n_gold = sum(len(g) for g in LABELS.values())
-    return (tp / n_pred if n_pred else 0.0), tp / n_gold
+def _folder(path: str) -> str:
+    return os.path.dirname(path) or "."
+
+
+def _gold(section: dict) -> tuple[set, set, set]:
+    files = section.get("files") or {}
+    return ({_folder(p) for p in files}, set(files),
+            {(p, s) for p, symbols in files.items() for s in (symbols or [])})
+
+
+def _find(sections_by_id: dict, by_title: dict, key: str, label: dict):
+    if key in sections_by_id:
+        return sections_by_id[key]
+    title = (label.get("title") or key).lower()
+    return by_title.get(title)
+
+
+def _baseline(index_files: dict, symbols: dict, section) -> tuple[set, set, set]:
+    bm25 = _baseline.cache.get(id(index_files))
+    if bm25 is None:
+        bm25 = BM25({p: tokenize(f.text) for p, f in index_files.items()})
+        _baseline.cache[id(index_files)] = bm25
+    scores = bm25.scores(tokenize(f"{section.title}\n{section.text}"))
+    files = sorted(scores, key=lambda p: (-scores[p], p))[:5]
+    sym_docs = {(p, s.name): tokenize(s.name) for p in files for s in symbols.get(p, []) if s.kind != "member"}
+    picked: set = set()
+    if sym_docs:
+        sym_scores = BM25(sym_docs).scores(tokenize(f"{section.title}\n{section.text}"))
+        picked = set(sorted(sym_scores, key=lambda k: (-sym_scores[k], k))[:8])
+    return {_folder(p) for p in files}, set(files), picked
+
+
+_baseline.cache = {}
+
+
+def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path) -> dict | None:
+    repo = repos / pair_label["repository"].replace("/", "__")
+    sheet = REFERENCE / pair_label["datasheet"]
+    if not repo.is_dir() or not sheet.is_file():
+        print(f"skipped {pair_label['id']}: {'no checkout at ' + str(repo) if not repo.is_dir() else 'no ' + str(sheet)}")
+        return None
+    kind = {".svd": "svd", ".pdf": "pdf", ".md": "markdown", ".txt": "text"}[sheet.suffix.lower()]
+    pair = Pair(pair_label["id"], repo, None, None, (Datasheet(sheet, kind),), "", "", "",
+                pair_label.get("domain_category", "general"))
+    resolved = resolve_pair(pair, cache_root / "storage")
+    cache = cache_root / "index" / pair_label["id"]
+    cold, warm = [], []
+    result = None
+    for _ in range(runs):
+        shutil.rmtree(cache, ignore_errors=True)
+        t0 = time.perf_counter()
+        result = run_specmap(resolved, cache_dir=cache)
+        cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result = run_specmap(resolved, cache_dir=cache)
+        warm.append(time.perf_counter() - t0)
+
+    by_id = {m.section.id: m for m in result.sections}
+    by_title = {m.section.title.lower(): m for m in result.sections}
+    ours, base = Counts(), Counts()
+    missing = []
+    for key, label in (pair_label.get("sections") or {}).items():
+        gold = _gold(label)
+        mapping = _find(by_id, by_title, str(key), label)
+        if mapping is None:
+            missing.append(str(key))
+            for level, g in zip(LEVELS, gold, strict=True):
+                ours.add(level, set(), g)
+                base.add(level, set(), g)
+            continue
+        carries = mapping.verdict.status in WITH_CODE
+        files = [f for f in mapping.files] if carries else []
+        predicted = ({_folder(f.path) for f in files}, {f.path for f in files},
+                     {(f.path, s.symbol.name) for f in files for s in f.symbols})
+        for level, p, g in zip(LEVELS, predicted, gold, strict=True):
+            ours.add(level, p, g)
+        for level, p, g in zip(LEVELS, _baseline(result.scan.files, result.symbols, mapping.section), gold,
+                               strict=True):
+            base.add(level, p, g)
+    non_impl = pair_label.get("non_implementable") or {}
+    leaked = 0
+    for key in non_impl:
+        mapping = _find(by_id, by_title, str(key), {"title": str(key)})
+        if mapping is not None and mapping.verdict.status in WITH_CODE:
+            leaked += len(mapping.files)
+    statuses = result.stats()
+    return {"id": pair_label["id"], "labelled": len(pair_label.get("sections") or {}), "ours": ours, "base": base, "missing": missing, "cold": statistics.median(cold),
+            "warm": statistics.median(warm), "sections": len(result.sections), "tokens": result.usage.get("tokens", 0),
+            "leaked": leaked, "non_impl": len(non_impl), "files": len(result.scan.files),
+            "stats": {k: statuses[k] for k in ("implemented", "partial", "not_implemented", "not_applicable")},
+            "warnings": result.warnings}
+
+
+def _row(name: str, counts: Counts) -> str:
+    cells = []
+    for level in LEVELS:
+        p, r, f = counts.prf(level)
+        cells.append(f"{p:4.2f} {r:4.2f} {f:4.2f}")
+    return f"  {name:9} " + " | ".join(cells)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repo", type=Path, help="checkout of a real STM32F411 repository")
+    parser.add_argument("--repos", type=Path, help="folder of checkouts named <owner>__<name>")
+    parser.add_argument("--labels", type=Path, default=ROOT / "benchmarks" / "specmap_labels.yaml")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pair", action="append", help="only these pair ids")
     args = parser.parse_args()
-    if not PDF.exists() or not SVD.exists():
+    if not REFERENCE.is_dir():
         print(f"skipped: the reference datasheets are not at {REFERENCE}")
         return 0
-    if args.repo is None or not args.repo.is_dir():
-        print("skipped: pass --repo with a checkout of a real STM32F411 repository, for example "
-              "NAKSEUNGCHOI/stm32f411RE-bare-metal")
+    if args.repos is None or not args.repos.is_dir():
+        print("skipped: pass --repos with a folder of checkouts (see the labels file for the repositories)")
         return 0
-    repo = args.repo.resolve()
-    storage = Path("/tmp") / "spark_specmap_bench"
-    rates: dict[str, list[float]] = {"pdf": [], "svd": []}
-    svd_result = None
-    for _ in range(args.runs):
-        for kind, sheet in (("pdf", PDF), ("svd", SVD)):
-            resolved = resolve_pair(_pair(repo, sheet, kind), storage)
-            t0 = time.perf_counter()
-            result = run_specmap(resolved)
-            rates[kind].append(len(result.sections) / (time.perf_counter() - t0))
-            if kind == "svd":
-                svd_result = result
-    stats = {k: svd_result.stats()[k] for k in ("sections", "implemented", "partial", "not_implemented")}
-    missing = [k for k in LABELS if k not in {m.section.id for m in svd_result.sections}]
-    if missing:
-        print(f"warning: labelled sections absent from the SVD: {missing}")
-
-    predicted = {m.section.id: {f.path for f in m.files} for m in svd_result.sections}
-    precision, recall = _prf(predicted)
-
-    # Baseline, same run: BM25 over whole files, as many files per section as SpecMap kept (at least 5).
-    scan = scan_repository(repo)
-    bm25 = BM25({p: tokenize(f.text) for p, f in scan.files.items()})
-    by_id = {m.section.id: m for m in svd_result.sections}
-    baseline = {}
-    for key in LABELS:
-        section = by_id[key].section
-        scores = bm25.scores(tokenize(f"{section.title}\n{section.text}"))
-        k = max(len(predicted.get(key, ())), 5)
-        baseline[key] = set(sorted(scores, key=lambda p: -scores[p])[:k])
-    b_precision, b_recall = _prf(baseline)
-
-    print(f"repository: {repo.name} ({len(scan.files)} source files)")
-    print(f"runs: {args.runs} (medians)")
-    print(f"PDF datasheet : {statistics.median(rates['pdf']):7.1f} sections/s")
-    print(f"SVD datasheet : {statistics.median(rates['svd']):7.1f} sections/s   {stats}")
-    print(f"labelled set  : {len(LABELS)} register sections, {sum(len(g) for g in LABELS.values())} gold files")
-    print(f"SpecMap       : precision {precision:.2f}  recall {recall:.2f}")
-    print(f"BM25 baseline : precision {b_precision:.2f}  recall {b_recall:.2f}")
-    if b_recall:
-        print(f"recall ratio SpecMap / BM25 baseline: {recall / b_recall:.2f}")
+    labels = yaml.safe_load(args.labels.read_text())
+    non_impl = labels.get("non_implementable") or {}
+    total_ours, total_base = Counts(), Counts()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="specmap-bench-") as tmp:
+        for pair_label in labels["pairs"]:
+            if args.pair and pair_label["id"] not in args.pair:
+                continue
+            pair_label = {**pair_label, "non_implementable": non_impl.get(pair_label["datasheet"], {})}
+            row = run_pair(pair_label, args.repos.resolve(), args.runs, Path(tmp))
+            if row is None:
+                continue
+            rows.append(row)
+            total_ours.merge(row["ours"])
+            total_base.merge(row["base"])
+    if not rows:
+        print("no pair could run")
+        return 1
+    print(f"\nSpecMap (offline lexical judge) vs BM25 over files; {args.runs} run(s), medians; "
+          "precision recall F1 per level")
+    print(f"  {'':9} {'folder':^14} | {'file':^14} | {'symbol':^14}")
+    for row in rows:
+        missing = f"; labelled sections not found: {', '.join(row['missing'])}" if row["missing"] else ""
+        print(f"{row['id']}  ({row['files']} source files, {row['sections']} sections, "
+              f"{row['labelled']} labelled{missing})")
+        print(_row("SpecMap", row["ours"]))
+        print(_row("BM25", row["base"]))
+        print(f"  seconds: cold {row['cold']:.1f} (index built), warm {row['warm']:.1f} (index cached), "
+              f"{row['sections'] / row['warm']:.1f} sections/s warm; judge tokens {row['tokens']}; "
+              f"status {row['stats']}; files under non-implementable sections: {row['leaked']} "
+              f"(of {row['non_impl']} labelled such)")
+        for warning in row["warnings"]:
+            print(f"  warning: {warning}")
+    print("overall")
+    print(_row("SpecMap", total_ours))
+    print(_row("BM25", total_base))
+    f_ours, f_base = total_ours.prf("file")[2], total_base.prf("file")[2]
+    if f_base:
+        print(f"file-level F1 ratio SpecMap / BM25 baseline: {f_ours / f_base:.2f}")
+    print(f"files under non-implementable sections, all pairs: {sum(r['leaked'] for r in rows)}")
     return 0
 
 

@@ -87,13 +87,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             failures += not run(["evaluation_report"])
 
     print(f"\nfinished in {time.perf_counter() - started:.1f} s\n")
-    print(f"{'pair':28} {'sections':>8} {'impl.':>6} {'partial':>7} {'none':>5} {'coverage':>8}")
+    print(f"{'pair':28} {'sections':>8} {'impl.':>6} {'partial':>7} {'none':>5} {'n/a':>5} {'coverage':>8}")
     for key in instance.get_dynamic_partitions(pairs_partitions.name):
         sidecar = storage / "specmap" / key / "mapping.json"
         if sidecar.exists():
             st = json.loads(sidecar.read_text())["stats"]
             print(f"{key:28} {st['sections']:>8} {st['implemented']:>6} {st['partial']:>7} "
-                  f"{st['not_implemented']:>5} {st['coverage']:>8.0%}")
+                  f"{st['not_implemented']:>5} {st.get('not_applicable', 0):>5} {st['coverage']:>8.0%}")
     print(f"\nmapping files: {storage / 'specmap'}/<pair>/mapping.txt (+ mapping.json, status.png)")
     manifest = storage / "corpus" / "mixture" / "manifest.json"
     if manifest.exists():

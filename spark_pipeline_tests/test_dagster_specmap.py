@@ -55,7 +55,7 @@ def test_pairs_register_partitions_and_specmap_runs_per_pair(instance, storage, 
     mat = good.asset_materializations_for_node("specmap_mappings")[0]
     assert mat.partition == "skm6_imu_i2c"
     md = mat.metadata
-    assert md["sections"].value == 14 and md["mapped_files"].value >= 2 and md["mapped_symbols"].value > 0
+    assert md["sections"].value == 15 and md["mapped_files"].value >= 2 and md["mapped_symbols"].value > 0
     assert 0 < md["coverage"].value < 1 and md["judge_tokens"].value == 0
     assert "| 3.8 |" in md["preview"].value and "data:image/png;base64," in md["preview"].value
     checks = {e.check_name: e.passed for e in good.get_asset_check_evaluations()}

@@ -40,15 +40,18 @@ def test_register_sections_map_to_the_defining_files_and_symbols(imu):
     assert any("PWR_MGMT_1" in e for e in pwr.verdict.evidence)
 
 
-def test_sections_without_code_are_not_implemented(imu):
+def test_sections_no_program_implements_are_not_applicable(imu):
     by_id = {m.section.id: m for m in imu.sections}
-    assert by_id["5"].verdict.status == "not_implemented"  # electrical characteristics
+    electrical = by_id["5"]
+    assert electrical.verdict.status == "not_applicable" and electrical.kind == "electrical"
+    assert not electrical.files
     assert all(m.verdict.status in STATUSES for m in imu.sections)
 
 
 def test_every_phase_is_visible_in_the_result(imu):
     st = imu.stats()
-    assert st["sections"] == 14 and st["mapped_folders"] >= 2 and st["mapped_files"] >= 2
+    assert st["sections"] == 15 and st["mapped_folders"] >= 2 and st["mapped_files"] >= 2
+    assert st["not_applicable"] == 1 and not st["index_cached"]
     assert st["mapped_symbols"] > 10 and 0 < st["coverage"] < 1
     m = next(m for m in imu.sections if m.section.id == "3.3")
     assert m.folders[0].path in {"include", "src"} and m.folders[0].files[0].symbols
@@ -81,22 +84,24 @@ def test_m4_context_carries_between_sections(tmp_path):
     they define its names, and says so in the evidence."""
     from spark_pipeline.specmap.ctags import run_ctags
     from spark_pipeline.specmap.datasheet import Section
+    from spark_pipeline.specmap.index import build_index
     from spark_pipeline.specmap.judge import LexicalJudge
     from spark_pipeline.specmap.pipeline import (
         MappedFile,
         MappedFolder,
         SectionMapping,
         SpecMapConfig,
-        _RepoIndex,
         _validate,
     )
     from spark_pipeline.specmap.repo import scan_repository
 
     scan = scan_repository(_timer_repo(tmp_path))
-    index = _RepoIndex(scan, run_ctags(scan.root, sorted(scan.files)))
+    index = build_index(scan, run_ctags(scan.root, sorted(scan.files)))
     parent = SectionMapping(Section("1", "Timer", 1, "TMR_CTRL"), ["TMR_CTRL"],
-                            [MappedFolder("drv", 1.0, "", [MappedFile("drv/timer.c", 1.0, "")])])
-    child = SectionMapping(Section("1.1", "Reload", 2, "TMR_LOAD_VAL", parent_id="1"), ["TMR_LOAD_VAL"])
+                            [MappedFolder("drv", 1.0, "", [MappedFile("drv/timer.c", 1.0, "")])],
+                            weights={"TMR_CTRL": 1.0}, primary=[["TMR_CTRL"]])
+    child = SectionMapping(Section("1.1", "Reload", 2, "TMR_LOAD_VAL", parent_id="1"), ["TMR_LOAD_VAL"],
+                           weights={"TMR_LOAD_VAL": 1.0}, primary=[["TMR_LOAD_VAL"]])
     context: list[str] = []
     _validate(child, index, LexicalJudge(), SpecMapConfig(), {"1": parent}, parent, context)
     assert child.via_context == "1"
@@ -105,7 +110,8 @@ def test_m4_context_carries_between_sections(tmp_path):
     assert child.verdict.status == "implemented"
     assert "context of section 1" in child.verdict.evidence[0]
 
-    stranger = SectionMapping(Section("2", "Other", 1, "WDT_KICK"), ["WDT_KICK"])
+    stranger = SectionMapping(Section("2", "Other", 1, "WDT_KICK"), ["WDT_KICK"],
+                              weights={"WDT_KICK": 1.0}, primary=[["WDT_KICK"]])
     _validate(stranger, index, LexicalJudge(), SpecMapConfig(), {"1": parent}, parent, context)
     assert stranger.via_context is None and stranger.verdict.status == "not_implemented"
 
@@ -129,7 +135,7 @@ def test_unreadable_datasheet_is_recorded_and_others_still_map(tmp_path, storage
     result = run_specmap(resolve_pair(pair, storage))
     assert [r.reason for r in result.rejections] == ["unreadable_datasheet"]
     assert "bad.pdf" in result.rejections[0].message
-    assert result.stats()["sections"] == 14
+    assert result.stats()["sections"] == 15
     only_bad = sample_entry(datasheets=[str(bad)])
     pair = load_manifest(write_manifest(tmp_path / "m2.yaml", [only_bad]))[0]
     with pytest.raises(PairError, match="no datasheet could be read"):

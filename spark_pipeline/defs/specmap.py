@@ -33,7 +33,8 @@ class SpecMapRunConfig(dg.Config):
     code_version="1",
     check_specs=[
         dg.AssetCheckSpec(CHECK_STATUS, asset="specmap_mappings",
-                          description="Every datasheet section has a status: implemented, partial or not_implemented."),
+                          description="Every datasheet section has a status: implemented, partial, not_implemented or "
+                                      "not_applicable."),
         dg.AssetCheckSpec(CHECK_PATHS, asset="specmap_mappings",
                           description="Every `// File:` path in the mapping file exists in the repository at the pinned revision."),
     ],
@@ -58,7 +59,7 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
                 context.log.info(f"{pair_id}: {done}/{total} sections mapped")
                 step["next"] = done / total + 0.1
 
-        result = run_specmap(resolved, judge_impl, cfg, progress)
+        result = run_specmap(resolved, judge_impl, cfg, progress, cache_dir=root / "cache" / "specmap_index")
     except (PairError, CtagsError, JudgeError) as exc:
         raise dg.Failure(description=str(exc)) from exc
 
@@ -66,6 +67,8 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
     meta = write_mapping(result, out_dir, cfg.max_excerpt_lines, cfg.context_lines)
     for rejection in result.rejections:
         context.log.warning(rejection.message)
+    for warning in result.warnings:
+        context.log.warning(f"sectioning: {warning}")
     mapping_text = (out_dir / "mapping.txt").read_text(encoding="utf-8")
 
     checks = check_mapping(mapping_text, meta["sections"], files_at_revision(resolved))
@@ -79,6 +82,9 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
             "mapped_symbols": stats["mapped_symbols"],
             "coverage": dg.MetadataValue.float(stats["coverage"]),
             "status_counts": dg.MetadataValue.json({k: stats[k] for k in STATUSES}),
+            "sectioning_warnings": dg.MetadataValue.json(meta["warnings"]),
+            "index_seconds": stats["index_seconds"],
+            "index_cached": stats["index_cached"],
             "judge": meta["judge"],
             "judge_tokens": meta["judge_usage"]["tokens"],
             "judge_usage": dg.MetadataValue.json(meta["judge_usage"]),

@@ -25,7 +25,9 @@ import requests
 
 from spark_pipeline.llm import ChatClient, JudgeError, LLMConfig, Usage  # noqa: F401 - JudgeError re-exported
 
-STATUSES = ("implemented", "partial", "not_implemented")
+STATUSES = ("implemented", "partial", "not_implemented", "not_applicable")
+#: Statuses whose section carries code in the mapping file.
+WITH_CODE = ("implemented", "partial")
 
 
 @dataclass
@@ -65,7 +67,9 @@ class SelectionRule:
     min_raw: float = 1.0
     """Absolute floor on the unnormalised score: below it, a best candidate is still noise."""
     rel_cut: float = 0.5
-    """Keep candidates scoring at least this share of the best one."""
+    """Keep folders and files scoring at least this share of the best one."""
+    symbol_rel_cut: float = 0.4
+    """Keep symbols scoring at least this share of the best one in their file."""
 
 
 class LexicalJudge:
@@ -77,7 +81,8 @@ class LexicalJudge:
 
     def pick(self, stage: str, section_title: str, query: str, candidates: list[Candidate],
              exists: Callable[[str], bool], limit: int) -> list[Choice]:
-        kept = [c for c in candidates if c.raw >= self.rule.min_raw and c.score >= self.rule.rel_cut]
+        cut = self.rule.symbol_rel_cut if stage == "symbols" else self.rule.rel_cut
+        kept = [c for c in candidates if c.raw >= self.rule.min_raw and c.score >= cut]
         kept.sort(key=lambda c: (-c.score, c.key))
         return [Choice(c.key, round(c.score, 4), ", ".join(c.evidence[:5])) for c in kept[:limit]]
 

@@ -4,7 +4,10 @@ Datasheets name things the code names too: peripherals (``USART2``), registers
 (``PWR_MGMT_1``, ``GPIOx_MODER``), fields (``TXE``). :func:`datasheet_names` pulls those
 names out of a section; :class:`NameIndex` finds them among a repository's identifiers,
 including inside longer ones (``MPU_REG_PWR_MGMT_1``, ``USART_CR1_UE``) and in
-``PERIPH->REG`` accesses.
+``PERIPH->REG`` accesses, and tells the files that *use* a name (in code that runs: a
+function body, a statement) from those that only *define* it (a ``#define``, a struct
+field, an enum constant), because the driver that programs a register matters more than
+the tenth copy of a header that lists it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ uint32_t uint64_t int8_t int16_t int32_t int64_t size_t
 # Register, field and peripheral names as datasheets write them.
 _NAME_PATTERNS = (
     re.compile(r"\b[A-Z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+\b"),  # PWR_MGMT_1, GPIOx_MODER, I2C_CR1
-    re.compile(r"\b[A-Z]{2,}[0-9]+[A-Z0-9]*\b"),            # USART2, CR1, TIM10, I2C1
+    re.compile(r"\b[A-Z][A-Z0-9]*[0-9][A-Z0-9]*\b"),        # USART2, CR1, TIM10, I2C, I2C1
     re.compile(r"\b[A-Z]{3,}\b"),                           # GPIO, MODER, WHO (filtered below)
 )
 _ENGLISH_CAPS = frozenset("""
@@ -70,11 +73,12 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-def component_runs(ident: str, max_parts: int = 4) -> set[str]:
+@functools.lru_cache(maxsize=1 << 20)
+def component_runs(ident: str, max_parts: int = 4) -> frozenset[str]:
     """Every run of up to ``max_parts`` underscore-separated parts: ``A_B_C`` -> A, B, C, A_B, B_C, A_B_C."""
     parts = [p for p in ident.upper().split("_") if p]
-    return {"_".join(parts[i:j]) for i in range(len(parts))
-            for j in range(i + 1, min(len(parts), i + max_parts) + 1)}
+    return frozenset("_".join(parts[i:j]) for i in range(len(parts))
+                     for j in range(i + 1, min(len(parts), i + max_parts) + 1))
 
 
 def _canonical(name: str) -> str:
@@ -92,36 +96,89 @@ def datasheet_names(text: str, limit: int = 200) -> list[str]:
             if raw.isupper() and raw.isalpha() and raw in _ENGLISH_CAPS:
                 continue
             name = _canonical(raw)
-            if len(name) >= 3 and not name.isdigit():
+            if len(name) >= 3 and sum(c.isalpha() for c in name) >= 2:
                 seen.setdefault(name, None)
             if len(seen) >= limit:
                 return list(seen)
     return list(seen)
 
 
-def code_identifiers(text: str) -> set[str]:
-    """Identifiers of a source file, uppercased, plus ``A_B`` for each ``A->B`` / ``A.B``."""
-    idents = {w.upper() for w in _WORD.findall(text) if len(w) > 1 and w.lower() not in C_KEYWORDS}
-    for a, b in _ARROW.findall(text):
-        idents.add(f"{a}_{b}".upper())
+_TYPEDEF = re.compile(r"\b([A-Z][A-Z0-9]*)_Type(?:Def)?\b")
+
+
+def code_identifiers(text: str, max_types: int = 3) -> set[str]:
+    """Identifiers of a source file, uppercased, plus ``A_B`` for each ``A->B`` / ``A.B``
+    (``GPIOx->MODER`` as ``GPIO_MODER``). All-lowercase identifiers (``fifo_count``,
+    ``self.bus``) are software's own names, not a datasheet's, and are left out. Register accesses through a pointer
+    (``port->IDR``, ``huart->Instance->BRR``) also count as ``GROUP_REG`` for the CMSIS
+    register types the file names (``GPIO_TypeDef``, ``NRF_UART_Type``), when it names at
+    most ``max_types`` of them."""
+    idents = {w.upper() for w in _WORD.findall(text)
+              if len(w) > 1 and not w.islower() and w.lower() not in C_KEYWORDS}
+    arrows = [(a, b) for a, b in _ARROW.findall(text) if not (a.islower() and b.islower())]
+    groups = set(_TYPEDEF.findall(text)) if arrows else set()
+    if len(groups) > max_types:
+        groups = set()
+    for a, b in arrows:
+        base = a[:-1] if len(a) > 2 and a[-1] == "x" and a[-2].isupper() else a
+        idents.add(f"{base}_{b}".upper())
+        for group in groups:
+            idents.add(f"{group}_{b}".upper())
     return idents
 
 
-class NameIndex:
-    """Which files mention a datasheet name, as a whole identifier or a run of its parts."""
+#: ctags kinds (as :mod:`.ctags` maps them) whose lines define names rather than use them.
+DEFINING_KINDS = frozenset({"macro", "constant", "typedef", "enum", "variable", "member", "prototype"})
 
-    def __init__(self, files: dict[str, str], max_parts: int = 4):
+
+def use_text(text: str, symbols=()) -> str:
+    """The part of a file that uses names: every line outside the definitions ctags found
+    (macros, enum constants, typedefs, variables, struct bodies that hold no functions) and
+    outside ``#define`` lines."""
+    lines = text.split("\n")
+    defining = [False] * (len(lines) + 2)
+    functions = [(s.line, s.end) for s in symbols if s.kind == "function"]
+    for sym in symbols:
+        kind = sym.kind
+        if kind == "struct" and any(sym.line <= a and b <= sym.end for a, b in functions):
+            continue  # a class with methods: its methods use names
+        if kind in DEFINING_KINDS or kind == "struct":
+            for n in range(max(sym.line, 1), min(max(sym.end, sym.line), len(lines)) + 1):
+                defining[n] = True
+    kept = [line for n, line in enumerate(lines, start=1)
+            if not defining[n] and not line.lstrip().startswith("#define")]
+    return "\n".join(kept)
+
+
+class NameIndex:
+    """Which files mention a datasheet name, as a whole identifier or a run of its parts,
+    and which of them use it (outside definitions; see :func:`use_text`)."""
+
+    def __init__(self, files: dict[str, str], max_parts: int = 4, symbols: dict | None = None):
         self._where: dict[str, set[str]] = defaultdict(set)
+        self._used: dict[str, set[str]] = defaultdict(set)
         self.n_files = max(len(files), 1)
         for path, text in files.items():
-            runs: set[str] = set()
-            for ident in code_identifiers(text):
-                runs |= component_runs(ident, max_parts)
-            for run in runs:
+            for run in self._runs(code_identifiers(text), max_parts):
                 self._where[run].add(path)
+            if symbols is not None:
+                for run in self._runs(code_identifiers(use_text(text, symbols.get(path, ()))), max_parts):
+                    self._used[run].add(path)
+        self.has_uses = symbols is not None
+
+    @staticmethod
+    def _runs(idents: set[str], max_parts: int) -> set[str]:
+        runs: set[str] = set()
+        for ident in idents:
+            runs |= component_runs(ident, max_parts)
+        return runs
 
     def files_for(self, name: str) -> set[str]:
         return self._where.get(name.upper(), set())
+
+    def users_of(self, name: str) -> set[str]:
+        """Files that use the name in code (all files that mention it, without symbols)."""
+        return self._used.get(name.upper(), set()) if self.has_uses else self.files_for(name)
 
     def idf(self, name: str) -> float:
         df = len(self.files_for(name))
@@ -131,15 +188,19 @@ class NameIndex:
         """Rarer and longer names are stronger evidence."""
         return self.idf(name) * (1.0 + 0.5 * (name.count("_")))
 
-    def score_files(self, names: Iterable[str]) -> tuple[dict[str, float], dict[str, list[str]]]:
+    def score_files(self, names: Iterable[str] | dict[str, float], define_share: float = 0.5
+                    ) -> tuple[dict[str, float], dict[str, list[str]]]:
+        """Per file, the summed weight of the names it mentions (a name it only defines counts
+        ``define_share`` of one it uses); ``names`` may carry their own weights."""
+        weighted = names if isinstance(names, dict) else {n: self.weight(n) for n in names}
         scores: dict[str, float] = defaultdict(float)
         matched: dict[str, list[str]] = defaultdict(list)
-        for name in names:
-            w = self.weight(name)
+        for name, w in weighted.items():
             if w <= 0:
                 continue
+            users = self.users_of(name)
             for path in self.files_for(name):
-                scores[path] += w
+                scores[path] += w * (1.0 if path in users else define_share)
                 matched[path].append(name)
         return dict(scores), dict(matched)
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from spark_pipeline.records import atomic_write_json, atomic_write_text, sha256_bytes
+from spark_pipeline.specmap.judge import WITH_CODE
 from spark_pipeline.specmap.pipeline import MappedFile, SpecMapResult
 
 SEPARATOR = "=" * 82
@@ -45,13 +46,14 @@ def render_mapping(result: SpecMapResult, max_lines: int = 150, context: int = 1
         s = m.section
         pages = f", pages {s.page_start}-{s.page_end}" if s.page_start else ""
         head = [SEPARATOR, f"Section {s.id}: {s.title}", f"Source: {s.source}{pages}",
-                f"Status: {m.verdict.status}"]
+                f"Status: {m.verdict.status}" + (f" ({m.kind})" if m.kind else "")]
         if m.folders:
             head.append("Folders: " + ", ".join(f.path for f in m.folders))
         block = "\n".join(head) + "\n\n" + (s.text.strip() or "(no text)") + "\n"
         # Gap analysis: a section found not implemented keeps its candidates in the sidecar,
-        # but no code in the mapping file, so unrelated code never reaches the corpus.
-        for f in (m.files if m.verdict.status != "not_implemented" else []):
+        # but no code in the mapping file, so unrelated code never reaches the corpus; a
+        # section no program implements (electrical, package, ...) has no candidates at all.
+        for f in (m.files if m.verdict.status in WITH_CODE else []):
             lines = result.scan.files[f.path].text.splitlines()
             block += f"\n{FILE_MARKER}{f.path}\n{_excerpt(f, lines, max_lines, context)}\n"
         parts.append(block)
@@ -65,6 +67,8 @@ def sidecar(result: SpecMapResult, mapping_sha256: str) -> dict:
             **m.section.to_dict(),
             "names": m.names[:50],
             "status": m.verdict.status,
+            "kind": m.kind,
+            "weights": {n: round(w, 3) for n, w in list(m.weights.items())[:30]},
             "evidence": m.verdict.evidence,
             "judged_by": m.verdict.judged_by,
             "via_context": m.via_context,
@@ -83,6 +87,7 @@ def sidecar(result: SpecMapResult, mapping_sha256: str) -> dict:
         "judge_usage": result.usage,
         "mapping_sha256": mapping_sha256,
         "stats": result.stats(),
+        "warnings": result.warnings,
         "sections": sections,
         "rejections": [r.to_dict() for r in result.rejections],
         "notes": [r.to_dict() for r in result.scan.notes],
@@ -114,7 +119,7 @@ def file_paths(text: str) -> list[str]:
 def section_statuses(text: str) -> list[str | None]:
     out = []
     for block in split_sections(text):
-        m = re.search(r"^Status: (\S+)$", block, re.M)
+        m = re.search(r"^Status: (\S+)(?: \(\w+\))?$", block, re.M)
         out.append(m.group(1) if m else None)
     return out
 

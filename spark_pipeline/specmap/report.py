@@ -6,14 +6,15 @@ from pathlib import Path
 
 from spark_pipeline.plots import bar_chart, embed_png
 
-STATUS_COLOURS = {"implemented": "#2e7d32", "partial": "#f9a825", "not_implemented": "#c62828"}
+STATUS_COLOURS = {"implemented": "#2e7d32", "partial": "#f9a825", "not_implemented": "#c62828",
+                  "not_applicable": "#9e9e9e"}
 
 
 def status_plot(meta: dict, path: Path) -> Path:
     """A bar per status, titled with the share of sections implemented, as a PNG."""
     stats = meta["stats"]
     labels = list(STATUS_COLOURS)
-    return bar_chart(path, labels, [stats[k] for k in labels],
+    return bar_chart(path, labels, [stats.get(k, 0) for k in labels],
                      f"{meta['pair_id']}: {stats['sections']} sections, coverage {stats['coverage']:.0%}",
                      [STATUS_COLOURS[k] for k in labels])
 

@@ -1,0 +1,170 @@
+"""Everything SpecMap looks things up in, built once per repository revision.
+
+Scanning a repository, running Universal Ctags over it and indexing its identifiers and
+words costs seconds to tens of seconds on a real tree (a vendor HAL with three copies of a
+10,000-macro device header), while a small datasheet maps in a second. The index is
+therefore cached on disk under the storage root, keyed by the repository's revision (a git
+commit, or the content hash of a local folder), the scan limits, the ctags version and
+:data:`INDEX_VERSION`: every pair on the same repository, and every re-run, loads it in
+well under a second. The cache is a pickle the pipeline wrote itself, replaced atomically;
+at most :data:`KEEP` indexes are kept (least recently used go first).
+
+Per-file symbol indexes (which symbol names contain which datasheet names, which names a
+function's body uses) are built lazily, only for files a section actually picked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from spark_pipeline.specmap.ctags import Symbol, ctags_binary, run_ctags
+from spark_pipeline.specmap.lexical import (
+    BM25,
+    NameIndex,
+    code_identifiers,
+    component_runs,
+    split_identifier,
+    tokenize,
+)
+from spark_pipeline.specmap.repo import RepoScan, ScanLimits, scan_repository
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 3
+KEEP = 16
+#: A symbol spanning more lines than this that encloses functions is a container (a class).
+CONTAINER_LINES = 60
+
+
+class SymbolIndex:
+    """One file's symbols, indexed by the runs of their name parts, by their subwords, and
+    (functions) by the names their bodies use."""
+
+    def __init__(self, symbols: list[Symbol], text: str):
+        functions = [s for s in symbols if s.kind == "function"]
+        self.symbols = [s for s in symbols if s.kind != "member" and not (
+            s.end - s.line > CONTAINER_LINES and any(s.line <= f.line and f.end <= s.end and f is not s
+                                                     for f in functions))]
+        self.by_run: dict[str, list[int]] = {}
+        self.by_part: dict[str, list[int]] = {}
+        self.uses: dict[int, frozenset[str]] = {}
+        lines = text.split("\n")
+        for i, sym in enumerate(self.symbols):
+            for run in component_runs(sym.name):
+                self.by_run.setdefault(run, []).append(i)
+            for part in set(split_identifier(sym.name)):
+                self.by_part.setdefault(part, []).append(i)
+            if sym.kind == "function" and sym.end > sym.line:
+                body = "\n".join(lines[sym.line - 1:sym.end])
+                runs: set[str] = set()
+                for ident in code_identifiers(body):
+                    runs |= component_runs(ident)
+                self.uses[i] = frozenset(runs)
+
+
+@dataclass
+class RepoIndex:
+    scan: RepoScan
+    symbols: dict[str, list[Symbol]]
+    names: NameIndex
+    file_bm25: BM25
+    folder_bm25: BM25
+    key: str = ""
+    seconds: float = 0.0
+    from_cache: bool = False
+    _symbol_index: dict[str, SymbolIndex] = field(default_factory=dict, repr=False)
+    _content: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def folders(self) -> dict[str, list[str]]:
+        return self.scan.folders
+
+    def content_key(self, path: str) -> str:
+        """A hash of the file's text: copies of one file share it."""
+        if path not in self._content:
+            self._content[path] = hashlib.sha1(self.scan.files[path].text.encode("utf-8", "replace")).hexdigest()
+        return self._content[path]
+
+    def symbol_index(self, path: str) -> SymbolIndex:
+        if path not in self._symbol_index:
+            self._symbol_index[path] = SymbolIndex(self.symbols.get(path, []), self.scan.files[path].text)
+        return self._symbol_index[path]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_symbol_index"] = {}
+        state["_content"] = {}
+        return state
+
+
+def build_index(scan: RepoScan, symbols: dict[str, list[Symbol]]) -> RepoIndex:
+    """The index of a scanned repository and its ctags symbols."""
+    texts = {p: f.text for p, f in scan.files.items()}
+    names = NameIndex(texts, symbols=symbols)
+    file_docs = {p: tokenize(p.replace("/", " ")) * 3 + tokenize(t) for p, t in texts.items()}
+    folder_docs = {folder: tokenize(folder.replace("/", " ")) * 3 + [t for p in paths for t in file_docs[p]]
+                   for folder, paths in scan.folders.items()}
+    return RepoIndex(scan, symbols, names, BM25(file_docs), BM25(folder_docs))
+
+
+def index_key(revision: str, limits: ScanLimits, listed: set[str] | None) -> str:
+    """What an index depends on: the tree, the scan rules, the ctags build, the index code."""
+    import subprocess
+
+    version = subprocess.run([ctags_binary(), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    listing = hashlib.sha256("\n".join(sorted(listed)).encode()).hexdigest() if listed is not None else ""
+    raw = json.dumps([INDEX_VERSION, revision, asdict(limits), version, listing], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def load_or_build(root: Path, revision: str, listed: set[str] | None, limits: ScanLimits, label: str,
+                  cache_dir: Path | None) -> RepoIndex:
+    """The repository's index from the cache when present, else built (and cached)."""
+    started = time.perf_counter()
+    key = index_key(revision, limits, listed) if cache_dir is not None else ""
+    path = Path(cache_dir) / f"{key}.pickle" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            with open(path, "rb") as handle:
+                index = pickle.load(handle)
+            if isinstance(index, RepoIndex):
+                index.scan.root = Path(root).resolve()
+                index.from_cache = True
+                index.seconds = time.perf_counter() - started
+                os.utime(path)
+                return index
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as exc:
+            log.warning("%s: the cached index %s cannot be read (%s); rebuilding it", label, path, exc)
+    scan = scan_repository(root, listed, limits, label=label)
+    symbols = run_ctags(scan.root, sorted(scan.files)) if scan.files else {}
+    index = build_index(scan, symbols)
+    index.key = key
+    if path is not None and scan.files:
+        _store(index, path)
+    index.seconds = time.perf_counter() - started
+    return index
+
+
+def _store(index: RepoIndex, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump(index, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not cache the repository index at %s (%s)", path, exc)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        return
+    cached = sorted(path.parent.glob("*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in cached[KEEP:]:
+        old.unlink(missing_ok=True)
