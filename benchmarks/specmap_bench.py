@@ -107,7 +107,7 @@ def _baseline(index_files: dict, symbols: dict, section) -> tuple[set, set, set]
 _baseline.cache = {}
 
 
-def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path) -> dict | None:
+def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path, verbose: bool = False) -> dict | None:
     repo = repos / pair_label["repository"].replace("/", "__")
     sheet = REFERENCE / pair_label["datasheet"]
     if not repo.is_dir() or not sheet.is_file():
@@ -148,6 +148,10 @@ def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path) -> dict
                      {(f.path, s.symbol.name) for f in files for s in f.symbols})
         for level, p, g in zip(LEVELS, predicted, gold, strict=True):
             ours.add(level, p, g)
+        if verbose:
+            extra, lost = sorted(predicted[1] - gold[1]), sorted(gold[1] - predicted[1])
+            print(f"  [{pair_label['id']}] {key} {mapping.verdict.status}: +{len(predicted[1] & gold[1])} "
+                  f"extra {extra[:6]} missed {lost[:6]}")
         for level, p, g in zip(LEVELS, _baseline(result.scan.files, result.symbols, mapping.section), gold,
                                strict=True):
             base.add(level, p, g)
@@ -157,6 +161,9 @@ def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path) -> dict
         mapping = _find(by_id, by_title, str(key), {"title": str(key)})
         if mapping is not None and mapping.verdict.status in WITH_CODE:
             leaked += len(mapping.files)
+            if verbose:
+                print(f"  [{pair_label['id']}] non-implementable {key} ({non_impl[key]}) carries "
+                      f"{len(mapping.files)} files as {mapping.verdict.status}")
     statuses = result.stats()
     return {"id": pair_label["id"], "labelled": len(pair_label.get("sections") or {}), "ours": ours, "base": base, "missing": missing, "cold": statistics.median(cold),
             "warm": statistics.median(warm), "sections": len(result.sections), "tokens": result.usage.get("tokens", 0),
@@ -179,6 +186,7 @@ def main() -> int:
     parser.add_argument("--labels", type=Path, default=ROOT / "benchmarks" / "specmap_labels.yaml")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pair", action="append", help="only these pair ids")
+    parser.add_argument("--verbose", action="store_true", help="per section: files found, extra and missed")
     args = parser.parse_args()
     if not REFERENCE.is_dir():
         print(f"skipped: the reference datasheets are not at {REFERENCE}")
@@ -195,7 +203,7 @@ def main() -> int:
             if args.pair and pair_label["id"] not in args.pair:
                 continue
             pair_label = {**pair_label, "non_implementable": non_impl.get(pair_label["datasheet"], {})}
-            row = run_pair(pair_label, args.repos.resolve(), args.runs, Path(tmp))
+            row = run_pair(pair_label, args.repos.resolve(), args.runs, Path(tmp), args.verbose)
             if row is None:
                 continue
             rows.append(row)

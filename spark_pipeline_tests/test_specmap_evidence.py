@@ -314,7 +314,7 @@ def test_the_repository_index_is_built_once_per_revision(tmp_path, storage, monk
     other.write_text(SENSOR_SHEET.split("# 2 Electrical")[0])
     cache = tmp_path / "index_cache"
     first = _run(tmp_path, storage, repo, sheet, "pair_a", cache_dir=cache)
-    assert not first.index_cached and len(list(cache.glob("*.pickle"))) == 1
+    assert not first.index_cached and len(list(cache.glob("*.index"))) == 1
 
     def no_ctags(*_args, **_kwargs):
         raise AssertionError("ctags ran although the index was cached")
@@ -332,7 +332,7 @@ def test_the_repository_index_is_built_once_per_revision(tmp_path, storage, monk
     assert again.index_cached
     assert [m.verdict.status for m in again.sections] == [m.verdict.status for m in first.sections]
     second_pair = _run(tmp_path, storage, repo, other, "pair_b", cache_dir=cache)  # same repository
-    assert second_pair.index_cached and len(list(cache.glob("*.pickle"))) == 1
+    assert second_pair.index_cached and len(list(cache.glob("*.index"))) == 1
     # Symbols are scored lazily: a symbol index only for the files some section picked.
     picked = [{f.path for m in r.sections for f in m.files} for r in (again, second_pair)]
     assert len(built) == sum(len(p) for p in picked)
@@ -344,4 +344,63 @@ def test_the_repository_index_is_built_once_per_revision(tmp_path, storage, monk
     pair = load_manifest(write_manifest(tmp_path / "again.yaml", [entry]))[0]
     changed = run_specmap(resolve_pair(pair, storage), cache_dir=cache)
     assert not changed.index_cached and "src/extra.c" in changed.scan.files
-    assert len(list(cache.glob("*.pickle"))) == 2
+    assert len(list(cache.glob("*.index"))) == 2
+
+
+# ----------------------------- M2 on demand: callers of a register's dedicated functions
+
+
+DRIVER_SHEET = """# 4 Register Descriptions
+## 4.28 Register 107 - Power Management 1
+PWR_MGMT_1
+SLEEP puts the device to sleep. CLKSEL selects the clock source.
+## 4.29 Register 59 to 64 - Accelerometer Measurements
+ACCEL_XOUT_H, ACCEL_XOUT_L
+ACCEL_XOUT[15:8] and ACCEL_XOUT[7:0] hold the X axis sample.
+## 4.30 Register 25 - Sample Rate Divider
+SMPLRT_DIV
+## 4.31 Register 27 - Gyroscope Configuration
+GYRO_CONFIG
+"""
+
+DRIVER_REPO = {
+    "src/drv.c": (
+        '#include "drv.h"\n#define REG_PWR_MGMT_1 0x6B\n#define REG_SMPLRT_DIV 0x19\n#define REG_GYRO_CONFIG 0x1B\n'
+        "int drv_set_sleep(drv_t *h, int on)\n{\n    return h->write(REG_PWR_MGMT_1, on ? 0x40 : 0);\n}\n"
+        "int drv_init(drv_t *h)\n{\n    h->write(REG_PWR_MGMT_1, 0);\n    h->write(REG_SMPLRT_DIV, 7);\n"
+        "    return h->write(REG_GYRO_CONFIG, 0);\n}\n"),
+    "src/drv.h": "typedef struct drv drv_t;\nint drv_set_sleep(drv_t *h, int on);\nint drv_init(drv_t *h);\n",
+    "example/basic.c": '#include "drv.h"\nint basic_sleep(drv_t *h)\n{\n    return drv_set_sleep(h, 1);\n}\n',
+    "test/init_test.c": '#include "drv.h"\nint init_test(drv_t *h)\n{\n    return drv_init(h);\n}\n',
+    "python/reader.py": ("class Reader:\n    ACCEL_XOUT0 = 0x3B\n\n    def read_accel(self, bus):\n"
+                         "        return bus.read_word(0x68, self.ACCEL_XOUT0)\n"),
+    "bin/reader-example": "#!/usr/bin/env python3\nfrom reader import Reader\nprint(Reader().read_accel(None))\n",
+}
+
+
+def test_callers_of_a_registers_dedicated_functions_join_the_section(tmp_path, storage):
+    """The API header and the example that call a function dedicated to PWR_MGMT_1 are part of
+    it; a test that only calls the init (which programs three registers) is not."""
+    repo = _write(tmp_path / "driver", DRIVER_REPO)
+    sheet = tmp_path / "driver.md"
+    sheet.write_text(DRIVER_SHEET)
+    result = _run(tmp_path, storage, repo, sheet)
+    pwr = _by_id(result)["4.28"]
+    assert pwr.verdict.status == "implemented"
+    assert _files(pwr) == {"src/drv.c", "src/drv.h", "example/basic.c"}
+    example = next(f for f in pwr.files if f.path == "example/basic.c")
+    assert [s.symbol.name for s in example.symbols] == ["basic_sleep"]
+    header = next(f for f in pwr.files if f.path == "src/drv.h")
+    assert [(s.symbol.name, s.symbol.kind) for s in header.symbols] == [("drv_set_sleep", "prototype")]
+
+
+def test_a_register_pair_is_found_by_its_value_and_scripts_by_their_shebang(tmp_path, storage):
+    """ACCEL_XOUT_H / ACCEL_XOUT_L hold ACCEL_XOUT, which a driver may number (ACCEL_XOUT0)."""
+    repo = _write(tmp_path / "driver", DRIVER_REPO)
+    sheet = tmp_path / "driver.md"
+    sheet.write_text(DRIVER_SHEET)
+    result = _run(tmp_path, storage, repo, sheet)
+    assert result.scan.files["bin/reader-example"].language == "Python"
+    accel = _by_id(result)["4.29"]
+    assert accel.verdict.status in WITH_CODE
+    assert "python/reader.py" in _files(accel)

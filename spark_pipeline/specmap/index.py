@@ -3,11 +3,11 @@
 Scanning a repository, running Universal Ctags over it and indexing its identifiers and
 words costs seconds to tens of seconds on a real tree (a vendor HAL with three copies of a
 10,000-macro device header), while a small datasheet maps in a second. The index is
-therefore cached on disk under the storage root, keyed by the repository's revision (a git
-commit, or the content hash of a local folder), the scan limits, the ctags version and
-:data:`INDEX_VERSION`: every pair on the same repository, and every re-run, loads it in
-well under a second. The cache is a pickle the pipeline wrote itself, replaced atomically;
-at most :data:`KEEP` indexes are kept (least recently used go first).
+therefore cached on disk under the storage root (:mod:`.cache`), keyed by the repository's
+revision (a git commit, or the content hash of a local folder), the scan limits, the ctags
+version and :data:`INDEX_VERSION`: every pair on the same repository, and every re-run,
+loads it instead (about a second for a 300-file vendor tree); at most :data:`KEEP` indexes
+are kept.
 
 Per-file symbol indexes (which symbol names contain which datasheet names, which names a
 function's body uses) are built lazily, only for files a section actually picked.
@@ -18,16 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import pickle
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from spark_pipeline.specmap import cache
 from spark_pipeline.specmap.ctags import Symbol, ctags_binary, run_ctags
 from spark_pipeline.specmap.lexical import (
     BM25,
+    WORD,
     NameIndex,
     code_identifiers,
     component_runs,
@@ -38,7 +37,7 @@ from spark_pipeline.specmap.repo import RepoScan, ScanLimits, scan_repository
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 KEEP = 16
 #: A symbol spanning more lines than this that encloses functions is a container (a class).
 CONTAINER_LINES = 60
@@ -77,7 +76,9 @@ class RepoIndex:
     names: NameIndex
     file_bm25: BM25
     folder_bm25: BM25
-    key: str = ""
+    references: dict[str, set[str]] = field(default_factory=dict)
+    """Function name -> the other files that name it (callers, prototypes): M2 follows a
+    register's dedicated functions to the code that calls them."""
     seconds: float = 0.0
     from_cache: bool = False
     _symbol_index: dict[str, SymbolIndex] = field(default_factory=dict, repr=False)
@@ -112,7 +113,13 @@ def build_index(scan: RepoScan, symbols: dict[str, list[Symbol]]) -> RepoIndex:
     file_docs = {p: tokenize(p.replace("/", " ")) * 3 + tokenize(t) for p, t in texts.items()}
     folder_docs = {folder: tokenize(folder.replace("/", " ")) * 3 + [t for p in paths for t in file_docs[p]]
                    for folder, paths in scan.folders.items()}
-    return RepoIndex(scan, symbols, names, BM25(file_docs), BM25(folder_docs))
+    functions = {s.name: s.path for syms in symbols.values() for s in syms if s.kind == "function"}
+    references: dict[str, set[str]] = {}
+    for path, text in texts.items():
+        for word in set(WORD.findall(text)) & functions.keys():
+            if functions[word] != path:
+                references.setdefault(word, set()).add(path)
+    return RepoIndex(scan, symbols, names, BM25(file_docs), BM25(folder_docs), references)
 
 
 def index_key(revision: str, limits: ScanLimits, listed: set[str] | None) -> str:
@@ -129,42 +136,17 @@ def load_or_build(root: Path, revision: str, listed: set[str] | None, limits: Sc
                   cache_dir: Path | None) -> RepoIndex:
     """The repository's index from the cache when present, else built (and cached)."""
     started = time.perf_counter()
-    key = index_key(revision, limits, listed) if cache_dir is not None else ""
-    path = Path(cache_dir) / f"{key}.pickle" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            with open(path, "rb") as handle:
-                index = pickle.load(handle)
-            if isinstance(index, RepoIndex):
-                index.scan.root = Path(root).resolve()
-                index.from_cache = True
-                index.seconds = time.perf_counter() - started
-                os.utime(path)
-                return index
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as exc:
-            log.warning("%s: the cached index %s cannot be read (%s); rebuilding it", label, path, exc)
+    path = Path(cache_dir) / f"{index_key(revision, limits, listed)}.index" if cache_dir is not None else None
+    index = cache.load(path, RepoIndex)
+    if index is not None:
+        index.scan.root = Path(root).resolve()
+        index.from_cache = True
+        index.seconds = time.perf_counter() - started
+        return index
     scan = scan_repository(root, listed, limits, label=label)
     symbols = run_ctags(scan.root, sorted(scan.files)) if scan.files else {}
     index = build_index(scan, symbols)
-    index.key = key
-    if path is not None and scan.files:
-        _store(index, path)
+    if scan.files:
+        cache.store(index, path, KEEP)
     index.seconds = time.perf_counter() - started
     return index
-
-
-def _store(index: RepoIndex, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pickle.dump(index, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("could not cache the repository index at %s (%s)", path, exc)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        return
-    cached = sorted(path.parent.glob("*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in cached[KEEP:]:
-        old.unlink(missing_ok=True)

@@ -158,9 +158,13 @@ class LLMJudge:
                  lexical: Verdict) -> Verdict:
         user = (f"Datasheet section: {section_title}\n\n{query[: self.config.max_prompt_chars]}\n\n"
                 f"Mapped code:\n{json.dumps(summary, indent=1)[:6000]}\n\n"
-                f"Earlier sections and their status (context):\n" + "\n".join(context[-10:]) + "\n\n"
-                'Is this section implemented by the mapped code? Reply as {"status": '
-                '"implemented" | "partial" | "not_implemented", "evidence": ["<short>", ...]}')
+                f"Lexical evidence (status {lexical.status}):\n" + "\n".join(lexical.evidence[:8]) + "\n\n"
+                "Earlier sections and their status (context):\n" + "\n".join(context[-10:]) + "\n\n"
+                "Is this section implemented by the mapped code? 'implemented' needs code that defines or "
+                "programs this section's own registers, fields or functions, not code that merely shares "
+                "generic words with it; 'not_applicable' is for sections no program implements (electrical, "
+                'package, ordering, revision history). Reply as {"status": '
+                '"implemented" | "partial" | "not_implemented" | "not_applicable", "evidence": ["<short>", ...]}')
         try:
             answer = _json_block(self.client.complete(_SYSTEM, user))
             status = str(answer["status"]).strip().lower().replace(" ", "_")

@@ -18,7 +18,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+WORD = re.compile(r"(?<![0-9A-Za-z_])[A-Za-z_][A-Za-z0-9_]*")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _ARROW = re.compile(r"(?=\b([A-Za-z_]\w*)\s*(?:->|\.)\s*([A-Za-z_]\w*))")  # overlapping: a.b->c
 
@@ -68,7 +68,7 @@ def _word_tokens(word: str) -> tuple[str, ...]:
 def tokenize(text: str) -> list[str]:
     """Lowercased subwords of every word, plus the whole word when it is an identifier."""
     tokens: list[str] = []
-    for word in _WORD.findall(text):
+    for word in WORD.findall(text):
         tokens.extend(_word_tokens(word))
     return tokens
 
@@ -103,6 +103,7 @@ def datasheet_names(text: str, limit: int = 200) -> list[str]:
     return list(seen)
 
 
+_NUMBERED_TAIL = re.compile(r"^(\w*_[A-Z]{3,})[0-9]$")
 _TYPEDEF = re.compile(r"\b([A-Z][A-Z0-9]*)_Type(?:Def)?\b")
 
 
@@ -113,8 +114,10 @@ def code_identifiers(text: str, max_types: int = 3) -> set[str]:
     (``port->IDR``, ``huart->Instance->BRR``) also count as ``GROUP_REG`` for the CMSIS
     register types the file names (``GPIO_TypeDef``, ``NRF_UART_Type``), when it names at
     most ``max_types`` of them."""
-    idents = {w.upper() for w in _WORD.findall(text)
+    idents = {w.upper() for w in WORD.findall(text)
               if len(w) > 1 and not w.islower() and w.lower() not in C_KEYWORDS}
+    # ACCEL_XOUT0 (the first of a register pair, numbered by the driver) also counts as ACCEL_XOUT.
+    idents |= {m.group(1) for w in idents if (m := _NUMBERED_TAIL.match(w))}
     arrows = [(a, b) for a, b in _ARROW.findall(text) if not (a.islower() and b.islower())]
     groups = set(_TYPEDEF.findall(text)) if arrows else set()
     if len(groups) > max_types:

@@ -26,6 +26,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from spark_pipeline.specmap.kinds import PACKAGE
 from spark_pipeline.specmap.lexical import NameIndex, datasheet_names
 from spark_pipeline.specmap.sections import Section
 
@@ -65,6 +66,11 @@ def primary_groups(section: Section, names: list[str], lines: int = 3, limit: in
     in_head = [n for n in datasheet_names(head) if n in names]
     chosen = [n for n in in_head if is_strong(n)] or in_head
     groups = [[n] + [m for m in names if _one_letter_apart(n, m) or _one_letter_apart(m, n)] for n in chosen]
+    # ACCEL_XOUT_H / ACCEL_XOUT_L hold the bytes of ACCEL_XOUT: code may name the value instead.
+    for group in groups:
+        stem = re.sub(r"_?[HL]$", "", group[0]) if re.search(r"[A-Z0-9]_?[HL]$", group[0]) else ""
+        if stem and stem != group[0] and "_" in stem:
+            group.append(stem)
     return groups[:limit]
 
 
@@ -108,10 +114,18 @@ class NameWeights:
                    {name: sid for name, (_, sid) in mentions.items()})
 
     def _is_part_number(self, name: str) -> bool:
+        """One of the datasheet's part numbers, or a part number of the same family
+        (``STM32F401`` in an STM32F411 datasheet): neither says where a section's code is."""
         flat = name.replace("_", "")
+        if PACKAGE.fullmatch(name):
+            return True  # LQFP64: the case, not a register
         for hint in self.hints:
             n = min(len(flat), len(hint))
             if n >= 5 and all(a == b or a == "X" or b == "X" for a, b in zip(flat[:n], hint[:n], strict=True)):
+                return True
+            family = re.match(r"[A-Z]+\d", hint)
+            if (family and len(flat) >= 5 and flat.startswith(family.group(0)) and sum(c.isdigit() for c in flat) >= 2
+                    and re.fullmatch(r"[A-Z]+\d[A-Z0-9]*", flat)):
                 return True
         return False
 
@@ -139,8 +153,10 @@ class NameWeights:
         return idf * self.shape(name) * self.specificity(name)
 
     def primary(self, groups: list[list[str]]) -> list[list[str]]:
-        """Primary groups without the part number and the document-wide names (``MPU``)."""
-        kept = [[n for n in g if not self._is_part_number(n) and self.specificity(n) > 0] for g in groups]
+        """Primary groups without part numbers, document-wide names (``MPU``) and plain words the
+        datasheet also writes in lowercase (``OFF``)."""
+        kept = [[n for n in g if not self._is_part_number(n) and self.specificity(n) > 0
+                 and not (n.isalpha() and n.lower() in self.prose)] for g in groups]
         return [g for g in kept if g]
 
     def weights(self, names: list[str], section_id: str | None = None,

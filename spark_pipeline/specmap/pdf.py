@@ -15,8 +15,8 @@ layout decides three things that the words alone cannot:
   it; register-table rows such as ``5 ACCEL_XOUT_L[0]`` are set small and are text. A table
   of contents, when the document has one, confirms headings it lists.
 
-Text drawn without a Unicode map (figure labels in some vendor PDFs come out as control
-characters) is dropped line by line.
+Text that cannot be read is dropped: glyphs of composite fonts without a Unicode map
+(figure labels in vendor PDFs come out as ``9''`` or control characters).
 """
 
 from __future__ import annotations
@@ -60,10 +60,27 @@ class Line:
 
 
 class _Fonts:
-    """Bold or not, per font dictionary (by name, weight or the ForceBold flag)."""
+    """Per font dictionary: bold or not (by name, weight or the ForceBold flag), and whether
+    its text can be read at all."""
 
     def __init__(self):
         self._cache: dict[int, bool] = {}
+        self._unmapped: dict[int, bool] = {}
+
+    def unmapped(self, font) -> bool:
+        """A composite font with an Identity encoding and no ToUnicode map: its "text" is glyph
+        numbers (vendor figures come out as ``9''`` or ``),)2``), not characters."""
+        if not font:
+            return False
+        key = id(font)
+        if key not in self._unmapped:
+            try:
+                self._unmapped[key] = (str(font.get("/Subtype", "")) == "/Type0"
+                                       and "Identity" in str(font.get("/Encoding", ""))
+                                       and "/ToUnicode" not in font)
+            except Exception:  # noqa: BLE001 - a malformed font dictionary is read as usual
+                self._unmapped[key] = False
+        return self._unmapped[key]
 
     def bold(self, font) -> bool:
         if not font:
@@ -110,6 +127,8 @@ def page_lines(page, index: int, fonts: _Fonts | None = None) -> list[Line]:
     def visit(text, cm, tm, font, size):
         if not text:
             return
+        if fonts.unmapped(font):
+            text = "\n" * text.count("\n")  # keep the line breaks, drop the glyph numbers
         scale = math.hypot(tm[2], tm[3]) * math.hypot(cm[2], cm[3]) or 1.0
         x = tm[4] * cm[0] + tm[5] * cm[2] + cm[4]
         y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5]

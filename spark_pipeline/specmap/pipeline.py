@@ -22,12 +22,14 @@ repository index is built once per revision and cached (:mod:`.index`).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spark_pipeline.records import Rejection
+from spark_pipeline.records import Rejection, sha256_file
+from spark_pipeline.specmap import cache
 from spark_pipeline.specmap.ctags import Symbol
 from spark_pipeline.specmap.datasheet import DatasheetError, Section, read_datasheet, sectioning_warnings
 from spark_pipeline.specmap.devices import DeviceHints, device_hints
@@ -70,6 +72,14 @@ class SpecMapConfig:
     generic_factor: float = 0.3
     """M1/M2: where a section has specific names in the repository, a file that holds none of
     them (only plain words and text) keeps this share of its score."""
+    max_callers: int = 6
+    """M2 on demand: at most this many files that call a section's dedicated functions join it."""
+    dedicated_registers: int = 2
+    """A function is dedicated to a section's registers when its body uses at most this many
+    of the document's register names (an init that programs twenty is not)."""
+    path_factor: float = 2.0
+    """M1/M2: a file named after the peripheral a section is about (``i2c.c``, ``hal_gpio.c`` for
+    a section whose own name is I2C or GPIO) scores this many times more."""
     text_weight: float = 0.3
     """Share of BM25 text relevance in a file's score when the section has names (the rest is
     name evidence); sections without names rank by text alone."""
@@ -165,18 +175,29 @@ def _normalise(scores: dict[str, float]) -> dict[str, float]:
     return {k: (v / best if best > 0 else 0.0) for k, v in scores.items()}
 
 
-def read_sections(datasheets) -> tuple[list[Section], list[Rejection], list[str]]:
+#: Bumped when the datasheet readers change what they produce (invalidates cached sections).
+READER_VERSION = 2
+
+
+def read_sections(datasheets, cache_dir: Path | None = None) -> tuple[list[Section], list[Rejection], list[str]]:
     """Every readable datasheet's sections, the unreadable ones as rejections, and the
-    sectioning warnings."""
+    sectioning warnings. Parsed sections are cached by the datasheet's content (a 150-page
+    PDF takes seconds to read)."""
     sections: list[Section] = []
     rejections: list[Rejection] = []
     warnings: list[str] = []
     for sheet in datasheets:
-        try:
-            found = read_datasheet(sheet.path)
-        except DatasheetError as exc:
-            rejections.append(Rejection("datasheet", str(sheet.path), "unreadable_datasheet", str(exc)))
-            continue
+        path = None
+        if cache_dir is not None and Path(sheet.path).is_file():
+            path = Path(cache_dir) / f"{sha256_file(sheet.path)[:32]}-{READER_VERSION}-{Path(sheet.path).name}.sections"
+        found = cache.load(path, list)
+        if found is None:
+            try:
+                found = read_datasheet(sheet.path)
+            except DatasheetError as exc:
+                rejections.append(Rejection("datasheet", str(sheet.path), "unreadable_datasheet", str(exc)))
+                continue
+            cache.store(found, path, 64)
         warnings.extend(sectioning_warnings(found))
         sections.extend(found)
     return sections, rejections, warnings
@@ -186,12 +207,13 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
                 progress: Callable[[int, int], None] | None = None,
                 cache_dir: Path | None = None) -> SpecMapResult:
     """Map every datasheet section of a pair to folders, files and symbols, and validate it.
-    ``cache_dir`` holds repository indexes across pairs and runs (none: built each time)."""
+    ``cache_dir`` holds repository indexes and parsed datasheets across pairs and runs (none:
+    built each time)."""
     config = config or SpecMapConfig()
     judge = judge or LexicalJudge()
     started = time.perf_counter()
     pair = resolved.pair
-    sections, rejections, warnings = read_sections(pair.datasheets)
+    sections, rejections, warnings = read_sections(pair.datasheets, cache_dir)
     if not sections:
         raise PairError(f"pair {pair.id!r}: no datasheet could be read: "
                         + "; ".join(r.message for r in rejections))
@@ -215,8 +237,10 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
     mappings: list[SectionMapping] = []
     context: list[str] = []
     by_id: dict[str, SectionMapping] = {}
+    primaries = {s.id: weights.primary(primary_groups(s, names[s.id])) for s in sections if s.id not in kinds}
+    registers = frozenset(n for groups in primaries.values() for g in groups for n in g if is_strong(n))
     for i, section in enumerate(sections):
-        primary = weights.primary(primary_groups(section, names[section.id]))
+        primary = primaries.get(section.id, [])
         mapping = SectionMapping(section, names[section.id], kind=kinds.get(section.id),
                                  weights=weights.weights(names[section.id], section.id, primary),
                                  primary=primary, document=document)
@@ -224,6 +248,7 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
             mapping.verdict = Verdict("not_applicable", [f"a {mapping.kind} section: nothing a program implements"])
         else:
             _map_section(mapping, index, hints, judge, config)
+            _follow_callers(mapping, index, hints, config, registers)
             _validate(mapping, index, judge, config, by_id, mappings[-1] if mappings else None, context)
         mappings.append(mapping)
         by_id[section.id] = mapping
@@ -262,11 +287,15 @@ def _score_files(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, 
     nn, nb = _normalise(name_scores), _normalise(file_bm25)
     text_share = config.text_weight if name_scores else 1.0
     own = {n for g in mapping.primary for n in g if is_strong(n) and n in mapping.weights}
+    acronyms = {re.sub(r"\d+$", "", n).lower() for g in mapping.primary for n in g
+                if "_" not in n and 3 <= len(n) <= 8} - {""}
     specific = any(is_strong(n) for n in mapping.weights)
     files: dict[str, tuple[float, float]] = {}
     for path in set(name_scores) | set(file_bm25):
         rel = (1 - text_share) * nn.get(path, 0.0) + text_share * nb.get(path, 0.0)
         held = name_hits.get(path, ())
+        if acronyms and acronyms & _name_tokens(path):
+            rel *= config.path_factor  # i2c.c for an I2C section, stm32f4xx_hal_gpio.c for GPIOs
         if own & set(held):
             rel = max(rel, config.own_name_floor)  # it holds the register the section is about
         elif specific and not any(is_strong(n) for n in held):
@@ -280,6 +309,12 @@ def _score_files(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, 
             files[path] = (rel, raw)
     best = max((rel for rel, _ in files.values()), default=0.0) or 1.0
     return {p: (rel / best, raw) for p, (rel, raw) in files.items()}, name_hits, folder_bm25
+
+
+def _name_tokens(path: str) -> set[str]:
+    """The words of a file's name: ``stm32f4xx_hal_gpio.c`` -> stm32f4xx, hal, gpio."""
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return {t.lower() for t in re.split(r"[_\-.]+", stem) if t}
 
 
 def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, judge,
@@ -326,7 +361,8 @@ def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, 
     defined = {f.path: {s.name for s in index.symbols.get(f.path, []) if s.kind == "function"} for f in mapping.files}
     functions_anywhere = set().union(*defined.values()) if defined else set()
     for mapped in mapping.files:
-        scored = _score_symbols(mapped.path, mapping.weights, terms, index, functions_anywhere, mapping.document)
+        scored = _score_symbols(mapped.path, mapping.weights, terms, index, functions_anywhere, mapping.document,
+                                frozenset(n for g in mapping.primary for n in g if "_" not in n))
         best = max((score for _, score, _ in scored), default=0.0)
         by_name = {sym.name: sym for sym, _, _ in scored}
         sym_candidates = [Candidate(sym.name, score / best if best else 0.0, score, evidence,
@@ -343,6 +379,60 @@ def _tail_match(symbol: str, name: str, document: frozenset[str]) -> bool:
         return False
     prefix = symbol[: -len(name) - 1].split("_")
     return not any(part in document for part in prefix)
+
+
+_DISTINCTIVE = re.compile(r"_|[a-z][A-Z]")
+
+
+def _follow_callers(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, config: SpecMapConfig,
+                    registers: frozenset[str]) -> None:
+    """M2, on demand: the functions a section mapped that are dedicated to its registers (they
+    use one of the section's own names and at most ``dedicated_registers`` of all the
+    document's register names: ``setClockSource``, not an init that programs twenty) lead to
+    the files that call or declare them: the driver's API header, the examples and tests
+    that exercise that register. Up to ``max_callers`` such files join the section, each
+    with the functions (or prototypes) that name the dedicated function."""
+    own = {n for g in mapping.primary for n in g if "_" in n}  # registers, not a bus (I2C1_init is generic)
+    if not own or not mapping.files or config.max_callers <= 0:
+        return
+    dedicated: set[str] = set()
+    for mapped in mapping.files:
+        sindex = index.symbol_index(mapped.path)
+        position = {id(sym): i for i, sym in enumerate(sindex.symbols)}
+        for chosen in mapped.symbols:
+            sym = chosen.symbol
+            runs = sindex.uses.get(position.get(id(sym), -1), frozenset())
+            if (sym.kind == "function" and runs & own and len(runs & registers) <= config.dedicated_registers
+                    and len(sym.name) >= 6 and _DISTINCTIVE.search(sym.name)):
+                dedicated.add(sym.name)
+    mapped_paths = {f.path for f in mapping.files}
+    callers: dict[str, list[str]] = {}
+    for name in sorted(dedicated):
+        for path in index.references.get(name, ()):
+            if path in mapped_paths or path not in index.scan.files or hints.is_sibling(path):
+                continue
+            if any(s.name == name and s.kind == "function" for s in index.symbols.get(path, [])):
+                continue  # another implementation of the function (a sibling core's header), not a caller
+            callers.setdefault(path, []).append(name)
+    ranked = sorted(callers.items(), key=lambda kv: (-len(kv[1]), kv[0]))[: config.max_callers]
+    for path, names in ranked:
+        lines = index.scan.files[path].text.split("\n")
+        pattern = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b")
+        hits = [n for n, line in enumerate(lines, start=1) if pattern.search(line)]
+        symbols, seen = [], set()
+        for sym in index.symbols.get(path, []):
+            if sym.kind not in ("function", "prototype") or sym.name in seen:
+                continue
+            if any(sym.line <= h <= max(sym.end, sym.line) for h in hits):
+                seen.add(sym.name)
+                symbols.append(MappedSymbol(sym, 0.5, "names " + ", ".join(names[:4])))
+        mapped = MappedFile(path, 0.5, "calls or declares " + ", ".join(names[:4]), symbols[: config.max_symbols])
+        folder_path = index.scan.files[path].folder
+        folder = next((f for f in mapping.folders if f.path == folder_path), None)
+        if folder is None:
+            folder = MappedFolder(folder_path, 0.5, "holds callers of the section's functions")
+            mapping.folders.append(folder)
+        folder.files.append(mapped)
 
 
 def _distinct(ranked, best_in_folder, files, index: RepoIndex, limit: int):
@@ -363,16 +453,22 @@ def _distinct(ranked, best_in_folder, files, index: RepoIndex, limit: int):
     return chosen
 
 
+def _head_match(symbol: str, name: str) -> bool:
+    """``I2C_TypeDef``, ``I2C_CR1_PE`` or ``I2C1`` for the peripheral ``I2C``."""
+    return bool(re.match(re.escape(name) + r"(?:\d*_|\d+$)", symbol))
+
+
 def _score_symbols(path: str, weights: dict[str, float], terms: set[str], index: RepoIndex,
-                   functions_anywhere: set[str], document: frozenset[str] = frozenset()
-                   ) -> list[tuple[Symbol, float, list[str]]]:
+                   functions_anywhere: set[str], document: frozenset[str] = frozenset(),
+                   acronyms: frozenset[str] = frozenset()) -> list[tuple[Symbol, float, list[str]]]:
     """A file's symbols scored for a section, one entry per name (best kept):
 
     * the symbol's name holds a section name: 3 for exactly the name, 2 for a run of its
       parts (``MPU_PWR_MGMT_1`` holds ``PWR_MGMT_1``), times the name's relative weight;
       a name without ``_`` (``DR``, ``CONFIG``) counts only as the whole symbol name or after
       a prefix that is not itself a datasheet name (``MPU6050_RA_CONFIG``), so ``ADC_DR_DATA``
-      never lands under an I2C data register nor ``GYRO_CONFIG`` under ``CONFIG``;
+      never lands under an I2C data register nor ``GYRO_CONFIG`` under ``CONFIG``; the
+      peripheral a prose section is about (``I2C``) also names ``I2C_TypeDef``, ``I2C_CR1_PE``;
     * a function's body uses section names: twice their relative weights, up to 6 (the
       init sequence that programs several of the section's registers ranks first);
     * 0.02 per subword shared with the section's text, up to 0.1 (a tie-break).
@@ -391,6 +487,11 @@ def _score_symbols(path: str, weights: dict[str, float], terms: set[str], index:
             upper = sindex.symbols[i].name.upper()
             exact = upper == name
             if bare and not exact and not _tail_match(upper, name, document):
+                if not (name in acronyms and _head_match(upper, name)):
+                    continue
+                scores[i] = scores.get(i, 0.0) + 1.5 * wn + (0.2 if sindex.symbols[i].kind in ("struct", "typedef")
+                                                             else 0.0)
+                evidence.setdefault(i, []).append(name)
                 continue
             scores[i] = scores.get(i, 0.0) + (3.0 if exact else 2.0) * wn
             evidence.setdefault(i, []).append(name)
@@ -433,8 +534,9 @@ def _lexical_verdict(mapping: SectionMapping, index: RepoIndex, config: SpecMapC
     ``implemented_coverage`` of those groups and a mapped symbol carries a specific one
     (``PWR_MGMT_1``, ``USART2``: defines it, or a function uses it); *partial* when mapped
     code holds some of them; *not implemented* otherwise, whatever generic words the code
-    shares with the section. A section whose own names are plain words (``CONFIG``) or that
-    has none (prose) is at most partial, on symbol evidence."""
+    shares with the section. A section whose own names are plain words (``CONFIG``) is at
+    most partial; one with none (prose) is partial when a mapped symbol carries a specific
+    name of its text, else not implemented."""
     files = mapping.files
     if not mapping.section.text.strip() and not mapping.names:
         return Verdict("not_implemented", ["the section has no text"])
@@ -462,11 +564,10 @@ def _lexical_verdict(mapping: SectionMapping, index: RepoIndex, config: SpecMapC
         return Verdict("not_implemented", [f"none of the section's own names ({', '.join(g[0] for g in groups[:5])}) "
                                            "is in the mapped code" + (f"; it shares only {', '.join(others)}"
                                                                       if others else "")])
-    if any(is_strong(n) for n in mapping.names) and not any(is_strong(n) for n in found):
-        return Verdict("not_implemented", ["the mapped code holds none of the section's register or field names"])
-    if carried and (found or any(s.score >= 0.75 for f in files for s in f.symbols)):
-        return Verdict("partial", evidence or ["files relevant by text, symbols matched"])
-    return Verdict("not_implemented", evidence or ["files relevant by text only, no symbol matched"])
+    if any(is_strong(n) and n in carried for n in found):
+        return Verdict("partial", evidence)
+    return Verdict("not_implemented", ["the mapped code holds none of the section's register, field or "
+                                       "peripheral names, only " + (", ".join(sorted(found)[:5]) or "text")])
 
 
 def _validate(mapping: SectionMapping, index: RepoIndex, judge, config: SpecMapConfig,

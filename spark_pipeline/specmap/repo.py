@@ -91,6 +91,25 @@ def language_of(path: str) -> str | None:
     return None
 
 
+_SHEBANG = {"python": "Python", "python3": "Python", "sh": "Sh", "bash": "Sh", "perl": "Perl", "lua": "Lua"}
+
+
+def _script_language(path: Path) -> str | None:
+    """An extension-less script's language from its ``#!`` line (``bin/example``)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(128)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].decode("latin-1").replace("/", " ").split()
+    for word in reversed(words):
+        if word in _SHEBANG:
+            return _SHEBANG[word]
+    return None
+
+
 @dataclass
 class ScanLimits:
     max_file_bytes: int = 2 * 1024 * 1024
@@ -177,6 +196,8 @@ def scan_repository(root: Path, listed: set[str] | None = None, limits: ScanLimi
     doc_output = _doc_output_folders(candidates)
     for rel in candidates:
         language = language_of(rel)
+        if language is None and "." not in os.path.basename(rel) and not _hidden(rel):
+            language = _script_language(root / rel)
         if language is None or _hidden(rel):
             other(rel)
             continue
