@@ -107,7 +107,8 @@ def _baseline(index_files: dict, symbols: dict, section) -> tuple[set, set, set]
 _baseline.cache = {}
 
 
-def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path, verbose: bool = False) -> dict | None:
+def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path, verbose: bool = False,
+             semantic=None) -> dict | None:
     repo = repos / pair_label["repository"].replace("/", "__")
     sheet = REFERENCE / pair_label["datasheet"]
     if not repo.is_dir() or not sheet.is_file():
@@ -123,10 +124,10 @@ def run_pair(pair_label: dict, repos: Path, runs: int, cache_root: Path, verbose
     for _ in range(runs):
         shutil.rmtree(cache, ignore_errors=True)
         t0 = time.perf_counter()
-        result = run_specmap(resolved, cache_dir=cache)
+        result = run_specmap(resolved, cache_dir=cache, semantic=semantic)
         cold.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        result = run_specmap(resolved, cache_dir=cache)
+        result = run_specmap(resolved, cache_dir=cache, semantic=semantic)
         warm.append(time.perf_counter() - t0)
 
     by_id = {m.section.id: m for m in result.sections}
@@ -187,6 +188,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pair", action="append", help="only these pair ids")
     parser.add_argument("--verbose", action="store_true", help="per section: files found, extra and missed")
+    parser.add_argument("--semantic", nargs="?", const="", default=None, metavar="MODEL_DIR",
+                        help="add sentence-embedding relevance (the 'semantic' extra's model, or MODEL_DIR)")
     args = parser.parse_args()
     if not REFERENCE.is_dir():
         print(f"skipped: the reference datasheets are not at {REFERENCE}")
@@ -196,6 +199,11 @@ def main() -> int:
         return 0
     labels = yaml.safe_load(args.labels.read_text())
     non_impl = labels.get("non_implementable") or {}
+    semantic = None
+    if args.semantic is not None:
+        from spark_pipeline.specmap.semantic import SemanticScorer
+
+        semantic = SemanticScorer(args.semantic or None)
     total_ours, total_base = Counts(), Counts()
     rows = []
     with tempfile.TemporaryDirectory(prefix="specmap-bench-") as tmp:
@@ -203,7 +211,7 @@ def main() -> int:
             if args.pair and pair_label["id"] not in args.pair:
                 continue
             pair_label = {**pair_label, "non_implementable": non_impl.get(pair_label["datasheet"], {})}
-            row = run_pair(pair_label, args.repos.resolve(), args.runs, Path(tmp), args.verbose)
+            row = run_pair(pair_label, args.repos.resolve(), args.runs, Path(tmp), args.verbose, semantic)
             if row is None:
                 continue
             rows.append(row)
@@ -212,7 +220,7 @@ def main() -> int:
     if not rows:
         print("no pair could run")
         return 1
-    print(f"\nSpecMap (offline lexical judge) vs BM25 over files; {args.runs} run(s), medians; "
+    print(f"\nSpecMap (offline lexical judge{' + semantic relevance' if semantic else ''}) vs BM25 over files; {args.runs} run(s), medians; "
           "precision recall F1 per level")
     print(f"  {'':9} {'folder':^14} | {'file':^14} | {'symbol':^14}")
     for row in rows:

@@ -76,7 +76,7 @@ def test_static_symbols_in_c_files_are_found(tmp_path, storage):
     result = run_specmap(resolve_pair(pair, storage))
     section = result.sections[0]
     assert section.verdict.status == "implemented"
-    assert [s.symbol.name for f in section.files for s in f.symbols] == ["TMR_CTRL"]
+    assert [s.symbol.name for f in section.files for s in f.symbols] == ["TMR_CTRL", "timer_start"]
 
 
 def test_m4_context_carries_between_sections(tmp_path):

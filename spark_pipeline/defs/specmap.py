@@ -11,6 +11,7 @@ from spark_pipeline.specmap.mapping_file import check_mapping, write_mapping
 from spark_pipeline.specmap.pairs import PairError, files_at_revision, load_resolved, tree_hash
 from spark_pipeline.specmap.pipeline import SpecMapConfig, run_specmap
 from spark_pipeline.specmap.report import markdown_preview, status_plot
+from spark_pipeline.specmap.semantic import SemanticError
 
 CHECK_STATUS = "every_section_has_status"
 CHECK_PATHS = "file_paths_exist_at_revision"
@@ -59,8 +60,9 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
                 context.log.info(f"{pair_id}: {done}/{total} sections mapped")
                 step["next"] = done / total + 0.1
 
-        result = run_specmap(resolved, judge_impl, cfg, progress, cache_dir=root / "cache" / "specmap_index")
-    except (PairError, CtagsError, JudgeError) as exc:
+        result = run_specmap(resolved, judge_impl, cfg, progress, cache_dir=root / "cache" / "specmap_index",
+                             semantic=judge.build_semantic())
+    except (PairError, CtagsError, JudgeError, SemanticError) as exc:
         raise dg.Failure(description=str(exc)) from exc
 
     out_dir = root / "specmap" / pair_id

@@ -37,15 +37,15 @@ from spark_pipeline.specmap.repo import RepoScan, ScanLimits, scan_repository
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 4
+INDEX_VERSION = 6
 KEEP = 16
 #: A symbol spanning more lines than this that encloses functions is a container (a class).
 CONTAINER_LINES = 60
 
 
 class SymbolIndex:
-    """One file's symbols, indexed by the runs of their name parts, by their subwords, and
-    (functions) by the names their bodies use."""
+    """One file's symbols, indexed by the runs of their name parts and (functions) by the
+    names their bodies use. Copies of a file share the index (:meth:`for_copy`)."""
 
     def __init__(self, symbols: list[Symbol], text: str):
         functions = [s for s in symbols if s.kind == "function"]
@@ -53,20 +53,29 @@ class SymbolIndex:
             s.end - s.line > CONTAINER_LINES and any(s.line <= f.line and f.end <= s.end and f is not s
                                                      for f in functions))]
         self.by_run: dict[str, list[int]] = {}
-        self.by_part: dict[str, list[int]] = {}
         self.uses: dict[int, frozenset[str]] = {}
         lines = text.split("\n")
         for i, sym in enumerate(self.symbols):
             for run in component_runs(sym.name):
                 self.by_run.setdefault(run, []).append(i)
-            for part in set(split_identifier(sym.name)):
-                self.by_part.setdefault(part, []).append(i)
-            if sym.kind == "function" and sym.end > sym.line:
+            if sym.kind == "function" and sym.end >= sym.line:
                 body = "\n".join(lines[sym.line - 1:sym.end])
                 runs: set[str] = set()
                 for ident in code_identifiers(body):
                     runs |= component_runs(ident)
                 self.uses[i] = frozenset(runs)
+
+    def parts(self, i: int) -> frozenset[str]:
+        """The subwords of symbol ``i``'s name (``HAL_UART_Init`` -> hal, uart, init)."""
+        return frozenset(split_identifier(self.symbols[i].name))
+
+    def for_copy(self, symbols: list[Symbol]) -> SymbolIndex:
+        """The same index for a byte-identical copy of the file (its own paths in the symbols)."""
+        twin = object.__new__(SymbolIndex)
+        twin.by_run, twin.uses = self.by_run, self.uses
+        by_key = {(s.name, s.line, s.kind): s for s in symbols}
+        twin.symbols = [by_key.get((s.name, s.line, s.kind), s) for s in self.symbols]
+        return twin
 
 
 @dataclass
@@ -79,14 +88,21 @@ class RepoIndex:
     references: dict[str, set[str]] = field(default_factory=dict)
     """Function name -> the other files that name it (callers, prototypes): M2 follows a
     register's dedicated functions to the code that calls them."""
+    key: str = ""
+    """What the index was built from (:func:`index_key`), for caches that hang off it."""
     seconds: float = 0.0
     from_cache: bool = False
     _symbol_index: dict[str, SymbolIndex] = field(default_factory=dict, repr=False)
     _content: dict[str, str] = field(default_factory=dict, repr=False)
 
+    _folders: dict[str, list[str]] | None = field(default=None, repr=False)
+    _by_content: dict[str, SymbolIndex] = field(default_factory=dict, repr=False)
+
     @property
     def folders(self) -> dict[str, list[str]]:
-        return self.scan.folders
+        if self._folders is None:
+            self._folders = self.scan.folders
+        return self._folders
 
     def content_key(self, path: str) -> str:
         """A hash of the file's text: copies of one file share it."""
@@ -96,13 +112,21 @@ class RepoIndex:
 
     def symbol_index(self, path: str) -> SymbolIndex:
         if path not in self._symbol_index:
-            self._symbol_index[path] = SymbolIndex(self.symbols.get(path, []), self.scan.files[path].text)
+            key = self.content_key(path)
+            shared = self._by_content.get(key)
+            symbols = self.symbols.get(path, [])
+            if shared is None:
+                shared = self._by_content[key] = SymbolIndex(symbols, self.scan.files[path].text)
+                self._symbol_index[path] = shared
+            else:
+                self._symbol_index[path] = shared.for_copy(symbols)
         return self._symbol_index[path]
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_symbol_index"] = {}
-        state["_content"] = {}
+        for transient in ("_symbol_index", "_content", "_by_content"):
+            state[transient] = {}
+        state["_folders"] = None
         return state
 
 
@@ -136,7 +160,8 @@ def load_or_build(root: Path, revision: str, listed: set[str] | None, limits: Sc
                   cache_dir: Path | None) -> RepoIndex:
     """The repository's index from the cache when present, else built (and cached)."""
     started = time.perf_counter()
-    path = Path(cache_dir) / f"{index_key(revision, limits, listed)}.index" if cache_dir is not None else None
+    key = index_key(revision, limits, listed) if cache_dir is not None else ""
+    path = Path(cache_dir) / f"{key}.index" if cache_dir is not None else None
     index = cache.load(path, RepoIndex)
     if index is not None:
         index.scan.root = Path(root).resolve()
@@ -146,6 +171,7 @@ def load_or_build(root: Path, revision: str, listed: set[str] | None, limits: Sc
     scan = scan_repository(root, listed, limits, label=label)
     symbols = run_ctags(scan.root, sorted(scan.files)) if scan.files else {}
     index = build_index(scan, symbols)
+    index.key = key
     if scan.files:
         cache.store(index, path, KEEP)
     index.seconds = time.perf_counter() - started

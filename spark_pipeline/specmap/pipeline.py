@@ -80,6 +80,9 @@ class SpecMapConfig:
     path_factor: float = 2.0
     """M1/M2: a file named after the peripheral a section is about (``i2c.c``, ``hal_gpio.c`` for
     a section whose own name is I2C or GPIO) scores this many times more."""
+    semantic_weight: float = 0.2
+    """M1/M2 with semantic relevance switched on (:mod:`.semantic`): a file gains this much
+    times its embedding similarity to the section, relative to the best file's."""
     text_weight: float = 0.3
     """Share of BM25 text relevance in a file's score when the section has names (the rest is
     name evidence); sections without names rank by text alone."""
@@ -205,10 +208,11 @@ def read_sections(datasheets, cache_dir: Path | None = None) -> tuple[list[Secti
 
 def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                cache_dir: Path | None = None) -> SpecMapResult:
+                cache_dir: Path | None = None, semantic=None) -> SpecMapResult:
     """Map every datasheet section of a pair to folders, files and symbols, and validate it.
     ``cache_dir`` holds repository indexes and parsed datasheets across pairs and runs (none:
-    built each time)."""
+    built each time). ``semantic``: a :class:`~.semantic.SemanticScorer` to add embedding
+    relevance to M1/M2 (none: lexical only)."""
     config = config or SpecMapConfig()
     judge = judge or LexicalJudge()
     started = time.perf_counter()
@@ -237,6 +241,13 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
     mappings: list[SectionMapping] = []
     context: list[str] = []
     by_id: dict[str, SectionMapping] = {}
+    similar = None
+    if semantic is not None:
+        vectors_at = (Path(cache_dir) / f"{index.key}.{semantic.name}.semantic") if cache_dir and index.key else None
+
+        def similar(section: Section) -> dict[str, float]:
+            return semantic.similarities(f"{section.title}\n{section.text[:1500]}", index, vectors_at)
+
     primaries = {s.id: weights.primary(primary_groups(s, names[s.id])) for s in sections if s.id not in kinds}
     registers = frozenset(n for groups in primaries.values() for g in groups for n in g if is_strong(n))
     for i, section in enumerate(sections):
@@ -247,7 +258,7 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
         if mapping.kind:
             mapping.verdict = Verdict("not_applicable", [f"a {mapping.kind} section: nothing a program implements"])
         else:
-            _map_section(mapping, index, hints, judge, config)
+            _map_section(mapping, index, hints, judge, config, similar)
             _follow_callers(mapping, index, hints, config, registers)
             _validate(mapping, index, judge, config, by_id, mappings[-1] if mappings else None, context)
         mappings.append(mapping)
@@ -270,7 +281,8 @@ def _first_pages(sections: list[Section]) -> list[str]:
     return list(firsts.values())
 
 
-def _score_files(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, config: SpecMapConfig
+def _score_files(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, config: SpecMapConfig,
+                 similar: Callable[[Section], dict[str, float]] | None = None
                  ) -> tuple[dict[str, tuple[float, float]], dict[str, list[str]], dict[str, float]]:
     """Every file's (relative score, raw score), the names each file holds, and each folder's
     text relevance."""
@@ -307,6 +319,14 @@ def _score_files(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, 
         raw = 2.0 * name_scores.get(path, 0.0) + file_bm25.get(path, 0.0)
         if rel > 0 and raw > 0:
             files[path] = (rel, raw)
+    if similar is not None and config.semantic_weight > 0:
+        sims = similar(section)
+        top = max(sims.values(), default=0.0)
+        for path, sim in sims.items():
+            share = max(sim, 0.0) / top if top > 0 else 0.0
+            if path in files or share >= 0.9:  # a close match in meaning joins even without words in common
+                rel, raw = files.get(path, (0.0, 0.0))
+                files[path] = (rel + config.semantic_weight * share, raw + share)
     best = max((rel for rel, _ in files.values()), default=0.0) or 1.0
     return {p: (rel / best, raw) for p, (rel, raw) in files.items()}, name_hits, folder_bm25
 
@@ -318,12 +338,12 @@ def _name_tokens(path: str) -> set[str]:
 
 
 def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, judge,
-                 config: SpecMapConfig) -> None:
+                 config: SpecMapConfig, similar: Callable[[Section], dict[str, float]] | None = None) -> None:
     section = mapping.section
     if not section.text.strip() and not mapping.names:
         return
     query = f"{section.title}\n{section.text}"
-    files, name_hits, folder_bm25 = _score_files(mapping, index, hints, config)
+    files, name_hits, folder_bm25 = _score_files(mapping, index, hints, config, similar)
 
     # M1: a folder is as relevant as its best file, with its text as a whole as the tie-break.
     best_in_folder: dict[str, tuple[float, float]] = {}
@@ -357,7 +377,12 @@ def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, 
             picked_files.append((fchoice.key, folder))
     mapping.folders = [f for f in mapping.folders if f.files]
 
-    # M3: symbols inside each chosen file.
+    # M3: symbols inside each chosen file, unless M4 cannot find the section in them anyway:
+    # its own names are registers and no chosen file holds one (symbols are scored lazily).
+    strong_groups = [g for g in mapping.primary if all(is_strong(n) for n in g)]
+    if strong_groups and len(strong_groups) == len(mapping.primary) and not any(
+            f.path in index.names.files_for(n) for f in mapping.files for g in strong_groups for n in g):
+        return
     defined = {f.path: {s.name for s in index.symbols.get(f.path, []) if s.kind == "function"} for f in mapping.files}
     functions_anywhere = set().union(*defined.values()) if defined else set()
     for mapped in mapping.files:
@@ -397,6 +422,8 @@ def _follow_callers(mapping: SectionMapping, index: RepoIndex, hints: DeviceHint
         return
     dedicated: set[str] = set()
     for mapped in mapping.files:
+        if not any(c.symbol.kind == "function" for c in mapped.symbols):
+            continue
         sindex = index.symbol_index(mapped.path)
         position = {id(sym): i for i, sym in enumerate(sindex.symbols)}
         for chosen in mapped.symbols:
@@ -500,11 +527,7 @@ def _score_symbols(path: str, weights: dict[str, float], terms: set[str], index:
         if used:
             scores[i] = scores.get(i, 0.0) + min(6.0, 2.0 * sum(weights[n] / top for n in used))
             evidence.setdefault(i, []).extend(f"uses {n}" for n in used[:6])
-    shared: dict[int, int] = {}
-    for term in terms:
-        for i in sindex.by_part.get(term, ()):
-            if i in scores:
-                shared[i] = shared.get(i, 0) + 1
+    shared = {i: len(sindex.parts(i) & terms) for i in scores}
     best: dict[str, tuple[Symbol, float, list[str]]] = {}
     for i, score in scores.items():
         sym = sindex.symbols[i]
