@@ -14,6 +14,15 @@ Measured, as medians of ``--runs``:
 * ours: read, decode, stage 2 (chunking) and stage 3 (cleaning, filtering, categories) with
   1 worker and with every core.
 Printed: MB/s per core, our time over the floor's, and the scaling from 1 to all workers.
+
+Real-pairs mode, ``--pairs DIR``: SpecMap, then stages 2-4, on the real repository-datasheet
+pairs of ``benchmarks/specmap_labels.yaml`` (checkouts in DIR named ``<owner>__<name>``; the
+datasheets from ../shared/reference/), one pair held out. Printed: the share of rows and
+characters that were duplicates (exact and near, Jaccard >= 0.8) before deduplication and
+after; contamination found by the exact check (near, exact, contained) against what plain
+MinHash LSH at 0.8 flags; the samples over 2,048 tokens with OLMo-3's vocabulary (split into
+rows now; the tokens the old cut would have dropped); and chunk+clean+filter MB/s per core
+on the pairs' mapping files against the floor on the same bytes.
 """
 
 from __future__ import annotations
@@ -115,12 +124,95 @@ def ours(path: Path, settings: CorpusSettings, workers: int) -> tuple[float, int
     return time.perf_counter() - t0, len(kept), len(rejected)
 
 
+def real_pairs(repos: Path, runs: int) -> int:
+    """SpecMap -> mixture on real pairs: duplicates, contamination, long samples, throughput."""
+    import yaml
+
+    from spark_pipeline.corpus.evalsets import select_in_domain
+    from spark_pipeline.corpus.integrity import EvalIndex, deduplicate, lsh_matches
+    from spark_pipeline.corpus.mixture import assemble
+    from spark_pipeline.corpus.stages import chunk_rows
+    from spark_pipeline.specmap.mapping_file import write_mapping
+    from spark_pipeline.specmap.pairs import Datasheet, Pair, resolve_pair
+    from spark_pipeline.specmap.pipeline import run_specmap
+    from spark_pipeline.tokens.tokenizer import load_tokenizer
+
+    reference = ROOT.parent / "shared" / "reference"
+    labels = yaml.safe_load((ROOT / "benchmarks" / "specmap_labels.yaml").read_text())
+    settings = CorpusSettings.load("hero", {"eval": {"in_domain_samples": 200}})
+    work = Path(tempfile.mkdtemp(prefix="corpus-real-"))
+    held_out_pair = "mpu6000_python_mrtijn"
+    domain, held_out, mappings = [], [], []
+    for entry in labels["pairs"]:
+        repo, sheet = repos / entry["repository"].replace("/", "__"), reference / entry["datasheet"]
+        if not repo.is_dir() or not sheet.is_file():
+            print(f"skipped {entry['id']}: no checkout or datasheet")
+            continue
+        kind = "svd" if sheet.suffix == ".svd" else "pdf"
+        pair = Pair(entry["id"], repo, None, None, (Datasheet(sheet, kind),), "", "", "", entry["domain_category"])
+        result = run_specmap(resolve_pair(pair, work / "storage"), cache_dir=work / "cache")
+        out = work / "specmap" / entry["id"]
+        write_mapping(result, out)
+        mappings.append(out / "mapping.txt")
+        rows, _ = chunk_rows(out / "mapping.txt", entry["id"], entry["domain_category"], settings)
+        kept, _ = sample_rows(rows, settings)
+        (held_out if entry["id"] == held_out_pair else domain).extend(kept)
+    if not domain:
+        print("no pair could run")
+        return 1
+    in_domain = select_in_domain(domain, settings.eval)
+    evaluation = [{**r, "split": "in_domain"} for r in in_domain] + [{**r, "split": "held_out"} for r in held_out]
+
+    # Duplicates as the old mixture carried them (every domain row but the evaluation samples).
+    eval_ids = {(r["pair_id"], r["section_id"], r["chunk_index"]) for r in in_domain}
+    before = [r for r in domain if (r["pair_id"], r["section_id"], r["chunk_index"]) not in eval_ids]
+    kept, drops = deduplicate(before, settings.eval.minhash_threshold, settings.eval.minhash_permutations)
+    dup_chars = sum(len(d.dropped["text"]) for d in drops)
+    chars = sum(len(r["text"]) for r in before)
+    print(f"pairs: {len({r['pair_id'] for r in domain})} in training, held out: {held_out_pair}; "
+          f"{len(domain)} domain samples, {len(in_domain)} in-domain and {len(held_out)} held-out evaluation samples")
+    print(f"duplicates before: {len(drops)} of {len(before)} rows ({len(drops) / len(before):.1%}), "
+          f"{dup_chars / chars:.1%} of the characters "
+          f"({sum(d.kind == 'exact' for d in drops)} exact, {sum(d.kind == 'near' for d in drops)} near)")
+    in_dups = len(deduplicate(in_domain)[1])
+    print(f"in-domain evaluation set: {len(in_domain)} rows, {in_dups} duplicates before deduplication")
+    mixture = assemble(domain, [], evaluation, settings, compare_lsh=True)
+    again = deduplicate([{**r, "text": r["text"]} for r in mixture.rows])[1]
+    print(f"duplicates after: {len(again)} in {len(mixture.rows)} mixture rows")
+    index = EvalIndex(evaluation, settings.eval.minhash_threshold)
+    exact = [index.match(r) for r in kept]
+    kinds = {k: sum(1 for c in exact if c and c.kind == k) for k in ("exact", "near", "contained")}
+    lsh = lsh_matches(kept, evaluation, settings.eval.minhash_threshold, settings.eval.minhash_permutations)
+    print(f"contamination by the exact check: {sum(kinds.values())} rows {kinds}; plain MinHash LSH at 0.8 "
+          f"flags {lsh}")
+    tokenizer_file = reference / "dolma2-tokenizer.json"
+    tok = load_tokenizer(f"hf:{tokenizer_file}" if tokenizer_file.exists() else "dolma2-offline")
+    lengths = [len(ids) for ids in tok.encode_documents([r["text"] for r in mixture.rows])]
+    over = [n for n in lengths if n > 2048]
+    print(f"samples over 2,048 tokens ({tok.name.split('/')[-1]}): {len(over)} of {len(lengths)} "
+          f"({len(over) / len(lengths):.2%}); now split into rows, the old cut would have dropped "
+          f"{sum(n - 2048 for n in over):,} tokens")
+    data = b"".join(p.read_bytes() for p in mappings)
+    joined = work / "all_mappings.txt"
+    joined.write_bytes(data)
+    mb = len(data) / 1e6
+    f = statistics.median(floor(joined) for _ in range(runs))
+    t = statistics.median(ours(joined, settings, 1)[0] for _ in range(runs))
+    print(f"chunk+clean+filter on the pairs' {mb:.1f} MB of mapping files: {mb / t:.1f} MB/s on one core, "
+          f"{t / f:.1f}x the floor's time (floor {mb / f:.0f} MB/s); medians of {runs}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", type=Path, help="a folder of real C code (default: linux-source drivers/)")
+    parser.add_argument("--pairs", type=Path, help="real-pairs mode: folder of the labelled pairs' checkouts")
     parser.add_argument("--mb", type=float, default=64.0, help="megabytes of code to process")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    if args.pairs:
+        return real_pairs(args.pairs.resolve(), args.runs)
     limit = int(args.mb * 1e6)
     source = args.source.resolve() if args.source else linux_drivers(limit)
     mapping, size = build_mapping(source, limit)

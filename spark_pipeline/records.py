@@ -33,6 +33,16 @@ class Rejection:
         return d
 
 
+PREVIEW_CHARS = 2000
+
+
+def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """What a rejection keeps of a text: its start, and how much more there was."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... {len(text) - limit:,} more characters not kept]"
+
+
 def count_reasons(rejections: Iterable[Rejection]) -> dict[str, int]:
     return dict(sorted(Counter(r.reason for r in rejections).items()))
 

@@ -48,7 +48,8 @@ def test_corpus_assets_materialize_with_checks_and_metadata(built):
     assert c_meta["chunks"].value >= q_meta["kept"].value
 
     assert built["mix"].success and _checks(built["mix"]) == {
-        "rows_end_with_eos": True, "seq_strictly_increasing": True, "no_eval_sample_in_training": True}
+        "rows_end_with_eos": True, "seq_strictly_increasing": True, "no_eval_sample_in_training": True,
+        "no_duplicate_rows": True, "manifest_counts_are_true": True}
     manifest = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
     rows = [r for s in manifest["shards"] for r in read_rows(storage / "corpus" / "mixture" / s["file"])]
     assert rows and [r["seq"] for r in rows] == list(range(len(rows)))
@@ -206,3 +207,41 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert not bad.success
     error = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
     assert "did not load as trained" in error
+
+
+def test_a_pair_whose_specmap_failed_is_left_out_not_served_stale(storage, tmp_path):
+    """SpecMap fails on a re-run of one pair (its folder changed since registration): its old
+    mapping is removed, and eval_sets and training_mixture leave the pair out and say so,
+    instead of using the samples the failed run should have replaced."""
+    import shutil
+
+    from spark_pipeline.settings import SAMPLE_DIR
+
+    repo = tmp_path / "imu_copy"
+    shutil.copytree(SAMPLE_DIR / "repos" / "imu_driver", repo)
+    with dg.instance_for_test() as instance:
+        resources = dagster_resources(storage)
+        manifest = write_manifest(tmp_path / "pairs.yaml", [
+            sample_entry("skm6_imu_i2c", repository={"path": str(repo)}), sample_entry("spk32_gpio_uart_hal")])
+
+        def run(selection, partition=None, run_config=None):
+            return dg.materialize(ASSETS, selection=selection, partition_key=partition, instance=instance,
+                                  resources=resources, run_config=run_config or {}, raise_on_error=False)
+
+        assert run(["repo_datasheet_pairs"],
+                   run_config={"ops": {"repo_datasheet_pairs": {"config": {"manifest": str(manifest)}}}}).success
+        for pair in ("skm6_imu_i2c", "spk32_gpio_uart_hal"):
+            assert run(["specmap_mappings", "section_chunks", "quality_samples"], pair).success
+        (repo / "src" / "added_later.c").write_text("int added_later;\n")
+        assert not run(["specmap_mappings"], "skm6_imu_i2c").success
+        assert not (storage / "specmap" / "skm6_imu_i2c" / "mapping.json").exists()
+        assert (storage / "corpus" / "samples" / "skm6_imu_i2c.parquet").exists(), "the stale samples are still on disk"
+        ev = run(["eval_sets"])
+        mix = run(["training_mixture"])
+        assert ev.success and mix.success
+        skipped = mix.asset_materializations_for_node("training_mixture")[0].metadata["skipped_pairs"].value
+        assert list(skipped) == ["skm6_imu_i2c"] and "last run failed" in skipped["skm6_imu_i2c"]
+        manifest_json = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
+        rows = [r for s in manifest_json["shards"] for r in read_rows(storage / "corpus" / "mixture" / s["file"])]
+        assert rows and {r["pair_id"] for r in rows} == {"spk32_gpio_uart_hal"}
+        assert "skm6_imu_i2c" not in manifest_json["lineage"]["quality_samples"]

@@ -264,3 +264,25 @@ def test_sectioning_warnings_name_a_giant_section_and_empty_ones():
     empty = [Section(f"1.{i}", f"Part {i}", 2, f"Part {i}") for i in range(1, 6)] + [
         Section("2", "Body", 1, "text " * 2000)]
     assert any("have no text of their own" in w for w in sectioning_warnings(empty))
+
+
+def test_an_oversized_text_datasheet_is_refused_with_a_true_message(tmp_path, monkeypatch):
+    """A huge one-line Markdown file is refused before it is read (it took 2 GB and failed with
+    "scanned images"); a section over the limit is cut and said so."""
+    from spark_pipeline.specmap import datasheet
+
+    monkeypatch.setattr(datasheet, "MAX_TEXT_BYTES", 10_000)
+    huge = tmp_path / "huge.md"
+    huge.write_text("# 1 Registers\n" + "x" * 20_000)
+    with pytest.raises(DatasheetError, match=r"huge\.md: 20,014 bytes, over the 10,000-byte limit"):
+        read_datasheet(huge)
+    monkeypatch.setattr(datasheet, "MAX_TEXT_BYTES", 1_000_000)
+    monkeypatch.setattr(datasheet, "MAX_SECTION_CHARS", 5_000)
+    sections = read_datasheet(huge)
+    assert len(sections[0].text) == 5_000 and sections[0].cut == 20_000
+    assert any("cut to 5,000" in w for w in sectioning_warnings(sections))
+    empty = tmp_path / "empty2.md"
+    empty.write_text("\n\n")
+    with pytest.raises(DatasheetError, match="no readable text") as err:
+        read_datasheet(empty)
+    assert "scanned" not in str(err.value)

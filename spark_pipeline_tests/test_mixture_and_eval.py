@@ -46,10 +46,15 @@ def test_order_is_preserved_and_recorded_and_eos_appended():
     assert all(r["text"].endswith("<|endoftext|>") and r["source"] == "domain" for r in result.rows)
 
 
-def test_long_samples_are_cut_to_2048_tokens_of_4_chars():
-    long = _sample("p", 0, "int x;\n" * 2000)  # 14,000 characters
-    row = assemble([long], [], [], HERO).rows[0]
-    assert row["truncated"] and len(row["text"]) <= 8192 + len("<|endoftext|>")
+def test_long_samples_are_split_into_rows_not_cut():
+    """A sample over 2,048 tokens of 4 characters becomes several rows at line boundaries;
+    nothing is lost (cutting lost everything after 8,192 characters)."""
+    text = "".join(f"int x_{i} = {i};\n" for i in range(900))  # about 16,000 characters
+    result = assemble([_sample("p", 0, text)], [], [], HERO)
+    assert len(result.rows) == 2 and result.split_samples == 1 and result.truncated == 0 and not result.duplicates
+    assert all(len(r["text"]) <= 8192 + len("<|endoftext|>") for r in result.rows)
+    assert "".join(r["text"].removesuffix("<|endoftext|>") for r in result.rows) == text
+    assert [r["section_id"] for r in result.rows] == ["s0~1", "s0~2"]
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
@@ -111,11 +116,12 @@ def test_contamination_exact_and_near_duplicates_are_dropped_or_reported():
     eval_rows = [{**_sample("e", 0, base), "split": "in_domain"}]
     domain = [_sample("p", 0, base), _sample("p", 1, near), _sample("p", 2)]
     result = assemble(domain, [], eval_rows, HERO)
-    assert {c["kind"] for c in result.contamination} == {"exact", "near"}
-    assert result.dropped_contaminated == 2 and [r["chunk_index"] for r in result.rows] == [2]
+    assert [(d.kind, d.dropped["chunk_index"], d.kept["chunk_index"]) for d in result.duplicates] == [("near", 1, 0)]
+    assert [(c.kind, c.train["chunk_index"]) for c in result.contamination] == [("exact", 0)]
+    assert result.dropped_contaminated == 1 and [r["chunk_index"] for r in result.rows] == [2]
     keep = CorpusSettings.load("hero", {"eval": {"drop_contaminated": False}})
     reported = assemble(domain, [], eval_rows, keep)
-    assert len(reported.contamination) == 2 and len(reported.rows) == 3
+    assert len(reported.contamination) == 1 and [r["chunk_index"] for r in reported.rows] == [0, 2]
 
 
 def test_shards_manifest_and_byte_identical_rewrite(tmp_path):

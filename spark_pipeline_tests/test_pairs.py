@@ -118,3 +118,22 @@ def test_record_is_not_rewritten_when_unchanged(tmp_path, storage):
 def test_sample_paths_are_inside_the_package():
     for p in load_manifest(SAMPLE_MANIFEST):
         assert Path(p.repo_path).is_relative_to(SAMPLE_DIR)
+
+
+def test_a_bad_manifest_entry_blocks_only_itself(tmp_path, storage):
+    """A missing repository folder, a missing datasheet or an unknown category fails that
+    entry, with its message; the good pairs register (one bad entry used to stop them all)."""
+    manifest = write_manifest(tmp_path / "m.yaml", [
+        sample_entry(id="no_repo", repository={"path": str(tmp_path / "nowhere")}),
+        sample_entry(id="good"),
+        sample_entry(id="no_sheet", datasheets=[str(tmp_path / "missing.pdf")]),
+        sample_entry(id="odd_category", domain_category="toasters"),
+    ])
+    registry = prepare_pairs(manifest, storage)
+    assert list(registry.records) == ["good"]
+    failures = {f.input: f for f in registry.failures}
+    assert set(failures) == {"no_repo", "no_sheet", "odd_category"}
+    assert all(f.reason == "invalid_manifest_entry" for f in failures.values())
+    assert "nowhere is not a folder" in failures["no_repo"].message
+    assert "missing.pdf does not exist" in failures["no_sheet"].message
+    assert "'toasters' is not one of" in failures["odd_category"].message

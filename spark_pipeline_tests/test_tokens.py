@@ -41,9 +41,19 @@ def _mixture(folder, texts, shard_rows=3):
 def test_dolma2_offline_ids():
     tok = load_tokenizer()
     assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (100257, 100277, 100278)
-    ids = tok.encode("int main(void) { return 0; }<|endoftext|>")
+    ids = tok.encode_documents(["int main(void) { return 0; }<|endoftext|>"])[0]
     assert ids[-1] == 100257 and tok.decode(ids[:-1]) == "int main(void) { return 0; }"
-    assert tok.encode("<|endoftext|>") == [100257]
+    assert tok.encode_documents(["<|endoftext|>"]) == [[100257]]
+
+
+def test_special_token_text_in_source_is_text():
+    """A literal <|endoftext|> in a C comment is not an end of document (it was: the document
+    ended mid-file, and an endswith-only check passed); only the appended EOS is special."""
+    tok = load_tokenizer()
+    source = "/* a stray <|endoftext|> and a <|pad|> */\nint x;\n"
+    ids = tok.encode_documents([source + "<|endoftext|>"])[0]
+    assert ids.count(tok.eos_id) == 1 and ids[-1] == tok.eos_id and tok.pad_id not in ids
+    assert tok.decode(ids[:-1]) == source
 
 
 def test_dolma2_offline_matches_the_real_tokenizer_when_present():
@@ -55,21 +65,29 @@ def test_dolma2_offline_matches_the_real_tokenizer_when_present():
     ours, theirs = load_tokenizer(), load_tokenizer(f"hf:{real}")
     code = (Path(__file__).resolve().parents[1] / "spark_pipeline" / "sample" / "repos" / "imu_driver" / "src"
             / "skm6.c").read_text()
-    assert ours.encode(code + "<|endoftext|>") == theirs.encode(code + "<|endoftext|>")
+    assert ours.encode_documents([code + "<|endoftext|>"]) == theirs.encode_documents([code + "<|endoftext|>"])
+    tricky = "/* <|endoftext|> and <|pad|> in a comment */ int x;"
+    assert ours.encode(tricky) == theirs.encode(tricky), "special-token text is text for both"
 
 
 def test_cache_order_truncation_key_and_done(tmp_path):
-    texts = [f"sample {i} " + "word " * (3 + 7 * i) for i in range(12)] + ["x = 1; " * 900]  # the last is long
+    texts = [f"sample {i} " + "word " * (3 + 7 * i) for i in range(12)] + ["x = 1;\n" * 900]  # the last is long
     mix = _mixture(tmp_path / "mix", texts)
     (tmp_path / "mix").mkdir(exist_ok=True)
     info = build_cache(mix, tmp_path / "tokens", max_length=256, workers=2, batch_size=2)
-    assert info.samples == 13 and info.truncated == 1
+    assert info.samples == 13 and info.truncated == 0 and info.split_samples == 1 and info.hard_splits == 0
     table = pa.ipc.open_file(pa.memory_map(f"{info.path}/tokens.arrow")).read_all()
-    assert table.column("sample_idx").to_pylist() == list(range(13)), "order verified, restored if needed"
+    indices = table.column("sample_idx").to_pylist()
+    assert indices[:12] == list(range(12)) and set(indices[12:]) == {12}, "order verified, restored if needed"
     ids = table.column("input_ids").to_pylist()
     tok = load_tokenizer()
-    assert ids[0] == tok.encode(texts[0] + "<|endoftext|>")
-    assert len(ids[-1]) == 256 and ids[-1][255] == DOLMA2_EOS, "EOS at position max_length - 1"
+    assert ids[0] == tok.encode_documents([texts[0] + "<|endoftext|>"])[0]
+    long_rows = ids[12:]
+    assert len(long_rows) == info.rows - 12 > 1 and all(len(r) <= 256 for r in long_rows)
+    whole = tok.encode_documents([texts[12] + "<|endoftext|>"])[0]
+    assert [t for r in long_rows for t in r] == whole, "split, not truncated: every token kept"
+    assert [r.count(DOLMA2_EOS) for r in long_rows] == [0] * (len(long_rows) - 1) + [1]
+    assert all("\n" in tok.decode([r[-1]]) for r in long_rows[:-1]), "each piece ends with a line end"
     assert (tmp_path / "tokens" / info.key / ".done").exists()
     again = build_cache(mix, tmp_path / "tokens", max_length=256, workers=1)
     assert again.key == info.key and again.seconds == info.seconds, "a finished cache is reused"
@@ -130,9 +148,9 @@ def test_a_token_cannot_attend_across_a_document_boundary(tmp_path):
 
     model = build_base_model(TINY, seed=0).eval()
     tok = load_tokenizer()
-    doc_a = tok.encode("static int counter = 0;<|endoftext|>")
-    doc_a2 = tok.encode("void reset_all_the_things(void) {}<|endoftext|>")
-    doc_b = tok.encode("int add(int x, int y) { return x + y; }<|endoftext|>")
+    doc_a = tok.encode_documents(["static int counter = 0;<|endoftext|>"])[0]
+    doc_a2 = tok.encode_documents(["void reset_all_the_things(void) {}<|endoftext|>"])[0]
+    doc_b = tok.encode_documents(["int add(int x, int y) { return x + y; }<|endoftext|>"])[0]
 
     def logits_of_b(prefix):
         ids = torch.tensor([prefix + doc_b])

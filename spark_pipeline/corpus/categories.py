@@ -1,16 +1,19 @@
 """The 13 domain categories of a sample (paper §3.4).
 
-A sample starts with its pair's category from the manifest. Rules then refine it, first
-match wins, and the rule's name is kept beside the category:
+A sample's category is its pair's category from the manifest. Two content rules may refine
+it, as the paper fills these two categories "via regex matches across all repositories",
+and the rule's name is kept beside the category:
 
-1. ``register_defines`` by content (the paper fills this category by regular expressions
-   across all repositories): most non-empty lines are ``#define NAME <number or mask>``.
-2. By the paths of the sample's source files, when all of them agree (device tree sources
-   and bindings, USB, Zephyr, AMD GPU register headers, i.MX, AURIX, STM32 HAL, Cortex
-   assembly, crypto, wireless, Linux kernel drivers).
-3. ``general`` by content (also regular expressions in the paper): C code with nothing of
-   the hardware in it — no ``volatile``, no register-width hex constants, no register or
-   peripheral access, no inline assembly or interrupt attributes.
+1. ``register_defines`` by content: most non-empty lines are ``#define NAME <number or mask>``.
+2. ``general`` by content: C code with nothing of the hardware in it — no ``volatile``, no
+   register-width hex constants, no register or peripheral access, no inline assembly or
+   interrupt attributes.
+
+The paths of a sample's source files (device tree sources and bindings, USB, Zephyr, AMD
+GPU register headers, i.MX, AURIX, STM32 HAL, Cortex assembly, crypto, wireless, Linux
+kernel drivers) decide only for pairs the manifest calls ``general``: a pair declared
+``register_defines`` stays ``register_defines`` even though its files sit under ``stm32``
+paths (path rules used to override the manifest for most samples of such a pair).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def categorize(text: str, source_files: list[str], manifest_category: str) -> tu
         defines = sum(1 for line in lines if "define" in line and _number_define(line.strip()))
         if defines >= 5 and defines >= 0.5 * len(lines):
             return "register_defines", "content:register_defines"
-    if source_files:
+    if source_files and manifest_category == "general":
         by_path = path_category(tuple(source_files))
         if by_path:
             return by_path, f"path:{by_path}"

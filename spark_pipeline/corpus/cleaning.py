@@ -1,6 +1,7 @@
 """Stage 3: garbage cleaning and quality filtering (paper §3.2).
 
-Cleaning, in order: CRLF and lone CR to LF, tabs to spaces; separator lines (runs of
+Cleaning, in order: control characters other than tab and line ends removed (unreadable
+PDF text, NUL bytes), wherever they are and however few; CRLF and lone CR to LF, tabs to spaces; separator lines (runs of
 ``- = * _``, also inside comment markers — a comment's opener or closer on such a line is
 kept, so comments stay balanced); box-drawing and block characters; ASCII-art lines;
 empty comment blocks and Doxygen decoration (``@{``/``@}`` group markers, runs of empty
@@ -48,10 +49,14 @@ _WORD = re.compile(r"\b[A-Za-z]{2,}\b")
 _NOT_ASCII_TEXT = re.compile(r"[^\x20-\x7e\s]")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+")  # not tab, newline or carriage return
+
+
 @dataclass
 class CleanStats:
     chars_before: int = 0
     chars_after: int = 0
+    control_chars_removed: int = 0
     separator_lines: int = 0
     repeats_collapsed: int = 0
     art_removed: int = 0
@@ -114,6 +119,9 @@ class Cleaner:
         """Each pass is guarded by a substring test that runs at memory speed, so a pattern
         only runs on the samples that can match it."""
         st = CleanStats(chars_before=len(text))
+        if _CONTROL.search(text):
+            st.control_chars_removed = sum(len(m) for m in _CONTROL.findall(text))
+            text = _CONTROL.sub("", text)
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         if "\t" in text:

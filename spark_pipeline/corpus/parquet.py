@@ -47,7 +47,7 @@ SAMPLE_SCHEMA = pa.schema(list(CHUNK_SCHEMA) + [
     ("category_rule", pa.string()), ("sample_hash", pa.string()),
     ("chars_before", pa.int64()), ("chars_after", pa.int64()), ("separator_lines", pa.int64()),
     ("repeats_collapsed", pa.int64()), ("art_removed", pa.int64()), ("comment_blocks_removed", pa.int64()),
-    ("garbage_ratio", pa.float64()),
+    ("garbage_ratio", pa.float64()), ("control_chars_removed", pa.int64()),
 ])
 
 REJECTION_SCHEMA = pa.schema([
@@ -59,6 +59,16 @@ MIXTURE_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("text", pa.string()), ("category", pa.string()), ("source", pa.string()),
     ("pair_id", pa.string()), ("section_id", pa.string()), ("chunk_index", pa.int64()),
     ("sample_hash", pa.string()), ("truncated", pa.bool_()),
+])
+
+DUPLICATE_SCHEMA = pa.schema([
+    ("scope", pa.string()), ("kind", pa.string()), ("jaccard", pa.float64()), ("dropped", pa.string()),
+    ("kept", pa.string()), ("dropped_seq", pa.int64()), ("kept_seq", pa.int64()),
+])
+
+CONTAMINATION_SCHEMA = pa.schema([
+    ("kind", pa.string()), ("jaccard", pa.float64()), ("containment", pa.float64()), ("train", pa.string()),
+    ("train_seq", pa.int64()), ("eval", pa.string()), ("eval_split", pa.string()), ("dropped", pa.bool_()),
 ])
 
 EVAL_SCHEMA = pa.schema([

@@ -10,7 +10,7 @@ from spark_pipeline.corpus.categories import categorize
 from spark_pipeline.corpus.chunking import chunk_mapping
 from spark_pipeline.corpus.cleaning import Cleaner, default_filters, run_filters
 from spark_pipeline.corpus.settings import CorpusSettings
-from spark_pipeline.records import Rejection
+from spark_pipeline.records import Rejection, preview
 
 
 def text_hash(text: str) -> str:
@@ -21,13 +21,15 @@ def text_hash(text: str) -> str:
 
 def rejection_row(pair_id: str, r: Rejection, section_id: str = "", chunk_index: int = -1) -> dict:
     return {"pair_id": pair_id, "stage": r.stage, "input": r.input, "section_id": section_id,
-            "chunk_index": chunk_index, "reason": r.reason, "message": r.message, "text": r.text}
+            "chunk_index": chunk_index, "reason": r.reason, "message": r.message, "text": preview(r.text)}
 
 
 def chunk_rows(mapping: Path, pair_id: str, category: str, settings: CorpusSettings,
                workers: int | None = None) -> tuple[list[dict], list[dict]]:
     """Stage 2 for one pair: chunk rows and rejection rows."""
     data = Path(mapping).read_bytes()
+    if workers is None:
+        workers = settings.chunking.workers_for(len(data))
     chunks, rejections = chunk_mapping(data, f"{pair_id}/mapping.txt", settings.chunking, workers)
     rows = [{"pair_id": pair_id, "category": category, "section_id": c.section_id, "chunk_index": c.chunk_index,
              "text": c.text, "boundary": c.boundary, "source_files": c.source_files} for c in chunks]
@@ -39,7 +41,7 @@ def sample_rows(chunks: list[dict], settings: CorpusSettings,
                 workers: int | None = None) -> tuple[list[dict], list[dict]]:
     """Stage 3 for one pair's chunks: cleaned, filtered, categorised samples and rejections,
     in chunk order. Batches of chunks are spread over ``workers`` processes."""
-    n = workers if workers is not None else settings.chunking.effective_workers()
+    n = workers if workers is not None else settings.chunking.workers_for(sum(len(c["text"]) for c in chunks))
     if n > 1 and len(chunks) > 64:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -69,7 +71,7 @@ def _sample_batch(args) -> tuple[list[dict], list[dict]]:
                        + (f" (garbage {stats.garbage_ratio:.0%})" if reason == "garbage" else ""))
             rejected.append({"pair_id": chunk["pair_id"], "stage": "quality", "input": f"{chunk['pair_id']}/chunks",
                              "section_id": chunk["section_id"], "chunk_index": chunk["chunk_index"],
-                             "reason": reason, "message": message, "text": text})
+                             "reason": reason, "message": message, "text": preview(text)})
             continue
         category, rule = categorize(text, list(chunk["source_files"] or []), chunk["category"])
         kept.append({**chunk, "text": text, "category": category, "category_rule": rule,

@@ -9,9 +9,11 @@ from pydantic import Field
 
 from spark_pipeline.corpus import checks
 from spark_pipeline.corpus.evalsets import select_in_domain
+from spark_pipeline.corpus.integrity import deduplicate
 from spark_pipeline.corpus.mixture import assemble, general_samples, write_mixture
 from spark_pipeline.corpus.parquet import (
     CHUNK_SCHEMA,
+    DUPLICATE_SCHEMA,
     EVAL_SCHEMA,
     REJECTION_SCHEMA,
     SAMPLE_SCHEMA,
@@ -25,7 +27,7 @@ from spark_pipeline.defs.resources import SparkConfig, SparkStorage
 from spark_pipeline.plots import bar_chart, embed_png, histogram
 from spark_pipeline.records import atomic_write_json
 from spark_pipeline.settings import SAMPLE_DIR
-from spark_pipeline.specmap.pairs import PairError, read_registry, record_path
+from spark_pipeline.specmap.pairs import PairError, read_registry, record_path, record_version
 
 
 def _settings(config: SparkConfig) -> CorpusSettings:
@@ -55,7 +57,8 @@ def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spa
                          f"for this partition first")
     rows, rejected = chunk_rows(mapping, pair_id, record["domain_category"], settings)
     out = storage.path("corpus", "chunks")
-    lineage = {"specmap_mappings": sidecar.get("mapping_sha256", "")[:16], "pair_revision": record["revision"]}
+    lineage = {"specmap_mappings": sidecar.get("mapping_sha256", "")[:16], "pair_revision": record["revision"],
+               "pair_version": record_version(record)}
     digest = write_table(out / f"{pair_id}.parquet", rows, CHUNK_SCHEMA, lineage)
     write_table(out / f"{pair_id}.rejections.parquet", rejected, REJECTION_SCHEMA, lineage)
     boundaries = {b: sum(r["boundary"] == b for r in rows) for b in ("section", "file", "function", "statement")}
@@ -64,7 +67,7 @@ def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spa
                   "rejected": len(rejected), "rejections_by_reason": dg.MetadataValue.json(reason_counts(rejected)),
                   "boundaries": dg.MetadataValue.json(boundaries),
                   "characters": sum(len(r["text"]) for r in rows),
-                  "workers": settings.chunking.effective_workers(),
+                  "workers": settings.chunking.workers_for(mapping.stat().st_size),
                   "path": dg.MetadataValue.path(str(out / f"{pair_id}.parquet")),
                   "lineage": dg.MetadataValue.json(lineage)},
         data_version=dg.DataVersion(digest[:16]),
@@ -101,14 +104,18 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     plot = histogram(storage.path("corpus", "plots", f"{pair_id}_lengths.png"), lengths,
                      f"{pair_id}: {len(kept)} kept samples", "characters")
     ok, bad = checks.samples_within_bounds(kept, settings.chunking.min_chars, settings.chunking.max_chars)
-    categories = {}
+    categories: dict[str, int] = {}
+    rules: dict[str, int] = {}
     for r in kept:
         categories[r["category"]] = categories.get(r["category"], 0) + 1
+        rules[f"{r['category']} by {r['category_rule']}"] = rules.get(f"{r['category']} by {r['category_rule']}", 0) + 1
     yield dg.MaterializeResult(
         metadata={"chunks_in": len(chunks), "kept": len(kept), "rejected": len(rejected),
                   "rejected_in_chunking": len(carried),
                   "rejections_by_reason": dg.MetadataValue.json(reason_counts(all_rejected)),
                   "categories": dg.MetadataValue.json(dict(sorted(categories.items()))),
+                  "category_rules": dg.MetadataValue.json(dict(sorted(rules.items()))),
+                  "control_chars_removed": sum(r.get("control_chars_removed", 0) for r in kept),
                   "characters_kept": sum(lengths),
                   "length_histogram": dg.MetadataValue.md(embed_png(plot, "kept sample lengths")),
                   "path": dg.MetadataValue.path(str(storage.path("corpus", "samples", f"{pair_id}.parquet"))),
@@ -119,28 +126,53 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     )
 
 
-def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list[dict], dict]:
-    """(registry, in-domain samples in pipeline order, held-out samples, sample-file versions)."""
+def stale_reason(storage: SparkStorage, pair_id: str, registry: dict) -> str | None:
+    """Why a pair's samples are not from its current mapping and manifest entry, or None.
+
+    Samples carry in their lineage the mapping file's hash, the repository revision and the
+    pair record's version they were built from; a failed SpecMap re-run removes the mapping
+    (``specmap_mappings``), so samples of a pair that failed never pass for current."""
+    from spark_pipeline.corpus.parquet import read_lineage
+
+    path = storage.path("corpus", "samples", f"{pair_id}.parquet")
+    if not path.exists():
+        return "no quality_samples"
+    sidecar = _json(storage.path("specmap", pair_id, "mapping.json"))
+    if not sidecar:
+        return "no current mapping (SpecMap never ran for it, or its last run failed)"
+    lineage = read_lineage(path)
+    if lineage.get("specmap_mappings") != sidecar.get("mapping_sha256", "")[:16]:
+        return "its samples were built from an earlier mapping: materialize section_chunks and quality_samples"
+    version = registry.get("versions", {}).get(pair_id)
+    if lineage.get("pair_version") not in (None, version):
+        return "its manifest entry changed since its samples were built"
+    return None
+
+
+def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list[dict], dict, dict]:
+    """(registry, in-domain samples in pipeline order, held-out samples, sample-file versions,
+    skipped pairs with the reason). Only samples built from each pair's current mapping count."""
     from spark_pipeline.records import sha256_file
 
     try:
         registry = read_registry(storage.path())
     except PairError as exc:
         raise dg.Failure(str(exc)) from exc
-    domain, held_out, versions, missing = [], [], {}, []
+    domain, held_out, versions, skipped = [], [], {}, {}
     for pair_id in registry["order"]:
-        path = storage.path("corpus", "samples", f"{pair_id}.parquet")
-        if not path.exists():
-            missing.append(pair_id)
+        reason = stale_reason(storage, pair_id, registry)
+        if reason:
+            skipped[pair_id] = reason
             continue
+        path = storage.path("corpus", "samples", f"{pair_id}.parquet")
         versions[pair_id] = sha256_file(path)[:16]
         rows = read_rows(path)
         (held_out if pair_id in registry["held_out"] else domain).extend(rows)
-    if missing:
-        log.warning(f"pairs without quality_samples (left out): {', '.join(missing)}")
+    for pair_id, reason in skipped.items():
+        log.warning(f"pair {pair_id!r} left out: {reason}")
     if not versions:
-        raise dg.Failure("no pair has quality_samples yet: materialize quality_samples for the pairs first")
-    return registry, domain, held_out, versions
+        raise dg.Failure("no pair has current quality_samples: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return registry, domain, held_out, versions, skipped
 
 
 @dg.asset(
@@ -152,23 +184,30 @@ def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list
 )
 def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     settings = _settings(spark_config)
-    _, domain, held_out, versions = _ordered_samples(storage, context.log)
-    in_domain = select_in_domain(domain, settings.eval)
+    _, domain, held_out, versions, skipped = _ordered_samples(storage, context.log)
+    ev = settings.eval
+    in_domain, in_dups = deduplicate(select_in_domain(domain, ev), ev.minhash_threshold, ev.minhash_permutations)
+    held_out, out_dups = deduplicate(held_out, ev.minhash_threshold, ev.minhash_permutations)
     out = storage.path("corpus", "eval")
     lineage = {"quality_samples": versions}
     rows_in = [{"split": "in_domain", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in in_domain]
     rows_out = [{"split": "held_out", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in held_out]
     h_in = write_table(out / "in_domain.parquet", rows_in, EVAL_SCHEMA, lineage)
     h_out = write_table(out / "held_out.parquet", rows_out, EVAL_SCHEMA, lineage)
+    write_table(out / "duplicates.parquet", [d.to_row("in_domain") for d in in_dups]
+                + [d.to_row("held_out") for d in out_dups], DUPLICATE_SCHEMA, lineage)
     per_category: dict[str, dict[str, int]] = {}
     for split, rows in (("in_domain", rows_in), ("held_out", rows_out)):
         for r in rows:
             per_category.setdefault(r["category"], {"in_domain": 0, "held_out": 0})[split] += 1
     summary = {"in_domain": len(rows_in), "held_out": len(rows_out), "sha256": {"in_domain": h_in, "held_out": h_out},
-               "per_category": dict(sorted(per_category.items())), "lineage": lineage}
+               "duplicates_dropped": {"in_domain": len(in_dups), "held_out": len(out_dups)},
+               "skipped_pairs": skipped, "per_category": dict(sorted(per_category.items())), "lineage": lineage}
     atomic_write_json(out / "eval.json", summary)
     return dg.MaterializeResult(
         metadata={"in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
+                  "duplicates_dropped": dg.MetadataValue.json(summary["duplicates_dropped"]),
+                  "skipped_pairs": dg.MetadataValue.json(skipped),
                   "per_category": dg.MetadataValue.json(summary["per_category"]),
                   "path": dg.MetadataValue.path(str(out)), "lineage": dg.MetadataValue.json(lineage)},
         data_version=dg.DataVersion(h_in[:8] + h_out[:8]),
@@ -193,14 +232,18 @@ class MixtureConfig(dg.Config):
         dg.AssetCheckSpec("rows_end_with_eos", asset="training_mixture", description="Every row ends with the EOS text."),
         dg.AssetCheckSpec("seq_strictly_increasing", asset="training_mixture",
                           description="seq rises strictly across all shards in order."),
-        dg.AssetCheckSpec("no_eval_sample_in_training", asset="training_mixture",
-                          description="No training row has the hash of an evaluation sample."),
+        dg.AssetCheckSpec("no_eval_sample_in_training", asset="training_mixture", blocking=True,
+                          description="No training row is an evaluation sample (identity, hash or text)."),
+        dg.AssetCheckSpec("no_duplicate_rows", asset="training_mixture", blocking=True,
+                          description="No two training rows have the same normalised text."),
+        dg.AssetCheckSpec("manifest_counts_are_true", asset="training_mixture", blocking=True,
+                          description="The manifest's counts equal a recount of the written shards and case lists."),
     ],
 )
 def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, storage: SparkStorage,
                      spark_config: SparkConfig):
     settings = _settings(spark_config)
-    _, domain, _, versions = _ordered_samples(storage, context.log)
+    _, domain, _, versions, skipped = _ordered_samples(storage, context.log)
     eval_dir = storage.path("corpus", "eval")
     if not (eval_dir / "eval.json").exists():
         raise dg.Failure(f"no evaluation sets at {eval_dir}: materialize eval_sets first")
@@ -230,6 +273,12 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
     ok_eos, bad_eos = checks.rows_end_with_eos(result.rows, eos)
     ok_seq, bad_seq = checks.seq_strictly_increasing(seqs)
     ok_eval, bad_eval = checks.no_eval_in_training(result.rows, eval_rows, eos)
+    ok_dup, bad_dup = checks.no_duplicates(result.rows, eos)
+    mixture_dir = storage.path("corpus", "mixture")
+    written = [r for shard in manifest["shards"] for r in read_rows(mixture_dir / shard["file"])]
+    ok_counts, wrong = checks.manifest_matches_rows(manifest, written,
+                                                    len(read_rows(mixture_dir / "duplicates.parquet")),
+                                                    len(read_rows(mixture_dir / "contamination.parquet")))
     yield dg.MaterializeResult(
         metadata={"samples": manifest["samples"], "characters": manifest["characters"],
                   "estimated_tokens": manifest["estimated_tokens"], "shards": len(manifest["shards"]),
@@ -238,7 +287,11 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
                   "category_plot": dg.MetadataValue.md(embed_png(plot, "samples per category")),
                   "contamination": dg.MetadataValue.json({k: v for k, v in manifest["contamination"].items()
                                                           if k != "cases"}),
-                  "truncated": manifest["truncated"], "mixture_hash": manifest["mixture_hash"],
+                  "truncated": manifest["truncated"], "split_samples": manifest["split_samples"],
+                  "duplicates": dg.MetadataValue.json({k: v for k, v in manifest["duplicates"].items() if k != "cases"}),
+                  "evaluation_samples_removed": manifest["evaluation_samples_removed"],
+                  "skipped_pairs": dg.MetadataValue.json(skipped),
+                  "mixture_hash": manifest["mixture_hash"],
                   "manifest": dg.MetadataValue.path(str(storage.path("corpus", "mixture", "manifest.json"))),
                   "lineage": dg.MetadataValue.json(lineage)},
         data_version=dg.DataVersion(manifest["mixture_hash"][:16]),
@@ -249,5 +302,9 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
                                 metadata={"bad_positions": dg.MetadataValue.json(bad_seq[:20])}),
             dg.AssetCheckResult(check_name="no_eval_sample_in_training", passed=ok_eval,
                                 metadata={"bad_seq": dg.MetadataValue.json(bad_eval[:20])}),
+            dg.AssetCheckResult(check_name="no_duplicate_rows", passed=ok_dup,
+                                metadata={"bad_seq": dg.MetadataValue.json(bad_dup[:20])}),
+            dg.AssetCheckResult(check_name="manifest_counts_are_true", passed=ok_counts,
+                                metadata={"wrong": dg.MetadataValue.json(wrong)}),
         ],
     )

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from spark_pipeline import settings
 from spark_pipeline.defs.resources import SparkStorage
-from spark_pipeline.specmap.pairs import ManifestError, load_manifest, prepare_pairs, record_path
+from spark_pipeline.specmap.pairs import ManifestError, prepare_pairs, read_manifest, record_path
 
 pairs_partitions = dg.DynamicPartitionsDefinition(name="pairs")
 
@@ -81,7 +81,7 @@ def repo_datasheet_pairs(context: dg.AssetExecutionContext, config: PairsConfig,
 def new_pairs_sensor(context: dg.SensorEvaluationContext):
     manifest = settings.default_manifest()
     try:
-        wanted = [p.id for p in load_manifest(manifest)]
+        wanted = [p.id for p in read_manifest(manifest)[0]]  # bad entries are repo_datasheet_pairs' to report
     except ManifestError as exc:
         return dg.SkipReason(str(exc))
     registered = set(context.instance.get_dynamic_partitions(pairs_partitions.name))

@@ -63,6 +63,14 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
         result = run_specmap(resolved, judge_impl, cfg, progress, cache_dir=root / "cache" / "specmap_index",
                              semantic=judge.build_semantic())
     except (PairError, CtagsError, JudgeError, SemanticError) as exc:
+        # An earlier mapping of this pair is no longer current: remove it, so that the corpus
+        # stages leave the pair out instead of training on what the failed run replaced.
+        for name in ("mapping.json", "mapping.txt"):
+            stale = root / "specmap" / pair_id / name
+            if stale.exists():
+                stale.unlink()
+                context.log.warning(f"{pair_id}: removed the earlier {name}; the pair is left out of the corpus "
+                                    "until SpecMap succeeds for it")
         raise dg.Failure(description=str(exc)) from exc
 
     out_dir = root / "specmap" / pair_id

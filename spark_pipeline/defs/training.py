@@ -25,7 +25,8 @@ class TokenizeConfig(dg.Config):
     deps=["training_mixture"],
     code_version="1",
     description="§4.8: the mixture tokenized by parallel workers (order verified, restored if broken), "
-    "truncated to max_length with EOS last, as a memory-mapped Arrow file keyed by mixture hash, tokenizer, "
+    "samples over max_length split at line ends into several rows (nothing cut away), special-token text in "
+    "source encoded as text, as a memory-mapped Arrow file keyed by mixture hash, tokenizer, "
     "max length and sample count; `.done` written last. <storage>/tokens/<key>/",
 )
 def tokenized_cache(context: dg.AssetExecutionContext, config: TokenizeConfig, storage: SparkStorage,
@@ -48,6 +49,8 @@ def tokenized_cache(context: dg.AssetExecutionContext, config: TokenizeConfig, s
         context.log.info("sample order arrived out of sequence from the workers and was restored by sample_idx")
     return dg.MaterializeResult(
         metadata={"samples": info.samples, "tokens": info.tokens, "truncated": info.truncated,
+                  "split_samples": info.split_samples, "rows": info.rows,
+                  "split_share": dg.MetadataValue.float(round(info.split_samples / info.samples, 4) if info.samples else 0.0),
                   "order_restored": info.order_restored, "cache_key": info.key, "tokenizer": info.tokenizer,
                   "max_length": info.max_length, "packed_rows": len(packed),
                   "packing_efficiency": dg.MetadataValue.float(round(packed.efficiency, 4)),

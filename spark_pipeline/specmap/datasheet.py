@@ -34,6 +34,14 @@ from spark_pipeline.specmap.sections import (  # noqa: F401 - Section and Datash
 _WS = re.compile(r"\s+")
 
 
+#: Text and Markdown datasheets over this size are refused unread (a 100 MB one-line file
+#: took 2 GB of memory); PDFs are read page by page and SVDs are XML.
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+#: A section's text is cut to this many characters, with a warning (no datasheet section is
+#: longer; a longer one is a file without headings).
+MAX_SECTION_CHARS = 200_000
+
+
 def read_datasheet(path: Path) -> list[Section]:
     """Read any supported datasheet; the type comes from the file extension."""
     path = Path(path)
@@ -42,6 +50,10 @@ def read_datasheet(path: Path) -> list[Section]:
         raise DatasheetError(f"{path}: unknown datasheet type {path.suffix!r}")
     if not path.is_file():
         raise DatasheetError(f"{path}: file does not exist")
+    size = path.stat().st_size
+    if kind in ("markdown", "text") and size > MAX_TEXT_BYTES:
+        raise DatasheetError(f"{path}: {size:,} bytes, over the {MAX_TEXT_BYTES:,}-byte limit for a text "
+                             "datasheet; split it into smaller documents")
     if kind == "pdf":
         sections = read_pdf(path)
     elif kind == "svd":
@@ -53,7 +65,12 @@ def read_datasheet(path: Path) -> list[Section]:
             text = path.read_text(encoding="latin-1")
         sections = read_markdown(text, path.name) if kind == "markdown" else read_text(text, path.name)
     if not sections or not any(s.text.strip() for s in sections):
-        raise DatasheetError(f"{path}: no readable text (scanned images, or an empty document)")
+        what = "scanned images, or an empty document" if kind == "pdf" else "an empty document"
+        raise DatasheetError(f"{path}: no readable text ({what})")
+    for section in sections:
+        if len(section.text) > MAX_SECTION_CHARS:
+            section.cut = len(section.text)
+            section.text = section.text[:MAX_SECTION_CHARS]
     return sections
 
 

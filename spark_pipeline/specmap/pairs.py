@@ -115,6 +115,17 @@ class ResolvedPair:
 
 def load_manifest(path: Path) -> list[Pair]:
     """Read and validate a manifest; raise :class:`ManifestError` listing every problem."""
+    pairs, problems = read_manifest(path)
+    if problems:
+        raise ManifestError(f"pairs manifest {path} has {len(problems)} problem(s):\n  - "
+                            + "\n  - ".join(message for _, message in problems))
+    return pairs
+
+
+def read_manifest(path: Path) -> tuple[list[Pair], list[tuple[str, str]]]:
+    """The valid pairs of a manifest and, for every entry that is not, (its id or position,
+    the problems naming the pair and field). One bad entry does not stop the others; a
+    manifest that cannot be read at all raises :class:`ManifestError`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -131,61 +142,62 @@ def load_manifest(path: Path) -> list[Pair]:
     for index, entry in enumerate(raw["pairs"]):
         where = f"pairs[{index}]"
         if not isinstance(entry, dict):
-            problems.append(f"{where}: must be a mapping")
+            problems.append((where, f"{where}: must be a mapping"))
             continue
         pid = entry.get("id")
         if not isinstance(pid, str) or not _ID_RE.match(pid):
-            problems.append(f"{where}: id {pid!r} must match {_ID_RE.pattern}")
+            problems.append((where, f"{where}: id {pid!r} must match {_ID_RE.pattern}"))
             continue
         where = f"pair {pid!r}"
         if pid in seen:
-            problems.append(f"{where}: duplicate id")
+            problems.append((where, f"{where}: duplicate id"))
             continue
         seen.add(pid)
         before = len(problems)
         repo = entry.get("repository")
         repo_path = repo_url = revision = None
         if not isinstance(repo, dict) or bool(repo.get("path")) == bool(repo.get("url")):
-            problems.append(f"{where}: repository needs exactly one of 'path' or 'url'")
+            problems.append((where, f"{where}: repository needs exactly one of 'path' or 'url'"))
         else:
             revision = repo.get("revision")
             if revision is not None:
                 revision = str(revision)
                 if not _REV_RE.match(revision) or revision.startswith("-"):
-                    problems.append(f"{where}: repository.revision {revision!r} is not a git revision")
+                    problems.append((where, f"{where}: repository.revision {revision!r} is not a git revision"))
             if repo.get("path"):
                 repo_path = (base / str(repo["path"])).resolve()
                 if not repo_path.is_dir():
-                    problems.append(f"{where}: repository.path {repo_path} is not a folder")
+                    problems.append((where, f"{where}: repository.path {repo_path} is not a folder"))
             else:
                 repo_url = str(repo["url"])
                 if repo_url.startswith("-"):
-                    problems.append(f"{where}: repository.url {repo_url!r} is not a URL")
+                    problems.append((where, f"{where}: repository.url {repo_url!r} is not a URL"))
                 if not revision:
-                    problems.append(f"{where}: repository.url needs a pinned 'revision'")
+                    problems.append((where, f"{where}: repository.url needs a pinned 'revision'"))
         sheets = entry.get("datasheets")
         datasheets: list[Datasheet] = []
         if isinstance(sheets, str):
             sheets = [sheets]
         if not isinstance(sheets, list) or not sheets:
-            problems.append(f"{where}: datasheets must list at least one file")
+            problems.append((where, f"{where}: datasheets must list at least one file"))
             sheets = []
         for sheet in sheets:
             sheet_path = (base / str(sheet)).resolve()
             kind = DATASHEET_KINDS.get(sheet_path.suffix.lower())
             if kind is None:
-                problems.append(f"{where}: datasheet {sheet_path.name} has an unknown type "
-                                f"(expected one of {', '.join(sorted(DATASHEET_KINDS))})")
+                problems.append((where, f"{where}: datasheet {sheet_path.name} has an unknown type "
+                                f"(expected one of {', '.join(sorted(DATASHEET_KINDS))})"))
             elif not sheet_path.is_file():
-                problems.append(f"{where}: datasheet {sheet_path} does not exist")
+                problems.append((where, f"{where}: datasheet {sheet_path} does not exist"))
             else:
                 datasheets.append(Datasheet(sheet_path, kind))
         category = entry.get("domain_category")
         if category not in DOMAIN_CATEGORIES:
-            problems.append(f"{where}: domain_category {category!r} is not one of {', '.join(DOMAIN_CATEGORIES)}")
+            problems.append((where, f"{where}: domain_category {category!r} is not one of "
+                             f"{', '.join(DOMAIN_CATEGORIES)}"))
         held_out = entry.get("held_out", False)
         if not isinstance(held_out, bool):
-            problems.append(f"{where}: held_out must be true or false")
+            problems.append((where, f"{where}: held_out must be true or false"))
         if len(problems) == before:
             pairs.append(Pair(
                 id=pid, repo_path=repo_path, repo_url=repo_url, revision=revision,
@@ -195,10 +207,7 @@ def load_manifest(path: Path) -> list[Pair]:
                 component_class=str(entry.get("component_class", "unknown")),
                 domain_category=category, held_out=held_out,
             ))
-    if problems:
-        raise ManifestError(f"pairs manifest {path} has {len(problems)} problem(s):\n  - "
-                            + "\n  - ".join(problems))
-    return pairs
+    return pairs, problems
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:
@@ -328,10 +337,19 @@ def prepare_pairs(manifest: Path, storage: Path, log=None) -> Registry:
     """
     from spark_pipeline.records import Rejection, atomic_write_json
 
-    pairs = load_manifest(manifest)
+    pairs, problems = read_manifest(manifest)
     records: dict[str, dict] = {}
     failures: list[Rejection] = []
     versions: dict[str, str] = {}
+    by_entry: dict[str, list[str]] = {}
+    for where, message in problems:
+        by_entry.setdefault(where, []).append(message)
+    for where, messages in by_entry.items():  # a bad entry is recorded; the good ones go on
+        m = re.match(r"pair '(.+)'$", where)
+        failures.append(Rejection("pairs", m.group(1) if m else where, "invalid_manifest_entry",
+                                  f"{manifest}: " + "; ".join(messages)))
+        if log:
+            log.warning(failures[-1].message)
     for pair in pairs:
         try:
             resolved = resolve_pair(pair, storage)

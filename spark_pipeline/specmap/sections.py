@@ -28,6 +28,8 @@ class Section:
     """What the section is about, as groups of alternative names (SVD: the register under each
     peripheral instance and its group, ``I2C3_CR1 | I2C1_CR1 | I2C_CR1``); empty: found from
     the title and first lines (:func:`~spark_pipeline.specmap.names.primary_groups`)."""
+    cut: int = 0
+    """When the section's text was over the reader's limit: its length before it was cut."""
 
     def to_dict(self) -> dict:
         return {"id": self.id, "title": self.title, "level": self.level,
@@ -131,11 +133,13 @@ def sectioning_warnings(sections: list[Section], giant_share: float = 0.4, giant
     if not sections:
         return []
     source = sections[0].source or "datasheet"
+    cut = [f"{source}: section {s.id} had {s.cut:,} characters and was cut to {len(s.text):,}" for s in sections
+           if s.cut]
     sizes = [len(s.text) for s in sections]
     total = sum(sizes) or 1
-    warnings = []
+    warnings = list(cut)
     if total >= 5000 and len(sections) <= 2:
-        return [f"{source}: only {len(sections)} section(s) in {total:,} characters of text: "
+        return cut + [f"{source}: only {len(sections)} section(s) in {total:,} characters of text: "
                 "no headings were recognised"]
     biggest = max(range(len(sections)), key=lambda i: sizes[i])
     if sizes[biggest] >= giant_chars and sizes[biggest] / total >= giant_share and len(sections) > 2:

@@ -3,8 +3,12 @@
 ``build_cache`` tokenizes the mixture with a process pool. Every sample carries its
 ``sample_idx`` (its position in ``seq`` order) through the pool; afterwards the order is
 verified (first and last index, and that the indices run in sequence) and restored by
-sorting if it is broken. A sample longer than ``max_length`` tokens keeps its first
-``max_length - 1`` tokens and gets EOS at position ``max_length - 1``. The result is an Arrow
+sorting if it is broken. Source text is encoded as text (a literal ``<|endoftext|>`` in a
+comment is not an end of document); the EOS id is appended to each sample. A sample longer
+than ``max_length`` tokens is split into several rows, each cut after the last token that
+ends a line within the limit (a hard cut only when no line ends there), and only the last
+row ends with EOS: nothing is thrown away, and the count of split samples is reported. The
+result is an Arrow
 IPC file read back memory-mapped, in a folder named by the cache key (mixture hash,
 tokenizer fingerprint, max length, sample count); ``.done`` is written last, and other
 ranks wait for it by polling (``wait_for_cache``), never through a collective barrier.
@@ -57,6 +61,11 @@ class CacheInfo:
     mixture_hash: str
     max_length: int
     seconds: float
+    split_samples: int = 0
+    """Samples longer than ``max_length`` tokens, stored as several rows."""
+    rows: int = 0
+    hard_splits: int = 0
+    """Cuts that found no line end within the limit."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,7 +104,33 @@ def _init_worker(name: str) -> None:
 
 def _encode_job(args) -> tuple[int, list[list[int]]]:
     start, texts = args
-    return start, _WORKER_TOKENIZER.encode_batch(texts)
+    return start, _WORKER_TOKENIZER.encode_documents(texts)
+
+
+def split_document(ids: list[int], max_length: int, tokenizer, line_end: dict[int, bool]
+                   ) -> tuple[list[list[int]], int]:
+    """A document of more than ``max_length`` tokens as pieces of at most ``max_length``, cut
+    after the last token that ends a line in the second half of each window; returns the
+    pieces and how many cuts found no line end. ``line_end`` caches which ids hold a newline."""
+    if len(ids) <= max_length:
+        return [ids], 0
+    pieces, hard, start = [], 0, 0
+    while len(ids) - start > max_length:
+        end = start + max_length
+        cut = None
+        for pos in range(end - 1, start + max_length // 2 - 1, -1):
+            token = ids[pos]
+            if token not in line_end:
+                line_end[token] = "\n" in tokenizer.decode([token])
+            if line_end[token]:
+                cut = pos + 1
+                break
+        if cut is None:
+            cut, hard = end, hard + 1
+        pieces.append(ids[start:cut])
+        start = cut
+    pieces.append(ids[start:])
+    return pieces, hard
 
 
 def verify_order(indices: list[int]) -> bool:
@@ -130,7 +165,7 @@ def build_cache(mixture_dir: Path, out_root: Path, tokenizer_name: str = "dolma2
                     progress(done, len(batches))
     else:
         for done, (start, chunk) in enumerate(batches, 1):
-            results.extend((start + j, x) for j, x in enumerate(tokenizer.encode_batch(chunk)))
+            results.extend((start + j, x) for j, x in enumerate(tokenizer.encode_documents(chunk)))
             if progress:
                 progress(done, len(batches))
     restored = not verify_order([i for i, _ in results])
@@ -138,23 +173,27 @@ def build_cache(mixture_dir: Path, out_root: Path, tokenizer_name: str = "dolma2
         results.sort(key=lambda r: r[0])
         if not verify_order([i for i, _ in results]):
             raise CacheError("sample indices are missing or repeated after tokenization")
-    truncated = 0
-    ids_column = []
-    for _, ids in results:
-        if len(ids) > max_length:
-            ids = ids[: max_length - 1] + [tokenizer.eos_id]
-            truncated += 1
-        ids_column.append(ids)
+    ids_column, index_column = [], []
+    split = hard = 0
+    line_end: dict[int, bool] = {}
+    for sample, ids in results:
+        pieces, cuts = split_document(ids, max_length, tokenizer, line_end)
+        split += len(pieces) > 1
+        hard += cuts
+        ids_column.extend(pieces)
+        index_column.extend([sample] * len(pieces))
+    truncated = 0  # nothing is cut away any more; samples over max_length are split
     tmp = out.parent / f".{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     table = pa.table({"input_ids": pa.array(ids_column, type=pa.list_(pa.int32())),
-                      "sample_idx": pa.array([i for i, _ in results], type=pa.int64())})
+                      "sample_idx": pa.array(index_column, type=pa.int64())})
     with pa.OSFile(str(tmp / "tokens.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=8192)
-    info = CacheInfo(key, str(out), len(ids_column), int(sum(len(x) for x in ids_column)), truncated, restored,
+    info = CacheInfo(key, str(out), len(results), int(sum(len(x) for x in ids_column)), truncated, restored,
                      tokenizer.name, tokenizer.fingerprint, manifest["mixture_hash"], max_length,
-                     round(time.perf_counter() - started, 3))
+                     round(time.perf_counter() - started, 3), split_samples=split, rows=len(ids_column),
+                     hard_splits=hard)
     atomic_write_json(tmp / "cache.json", {**info.to_dict(), "path": str(out)})
     if out.exists():
         shutil.rmtree(out)

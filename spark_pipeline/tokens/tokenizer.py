@@ -38,10 +38,18 @@ class Tokenizer:
     _decode: object
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Source text as text: a literal ``<|endoftext|>`` or ``<|pad|>`` in a comment is
+        encoded as the characters it is, never as a special token."""
         return self._encode_batch(texts)
 
     def encode(self, text: str) -> list[int]:
         return self._encode_batch([text])[0]
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        """Training documents: each text (its one trailing ``<|endoftext|>`` text removed)
+        encoded as text, then the EOS id appended: the only special token of a document."""
+        bodies = [t[: -len(EOS_TEXT)] if t.endswith(EOS_TEXT) else t for t in texts]
+        return [ids + [self.eos_id] for ids in self._encode_batch(bodies)]
 
     def decode(self, ids: list[int]) -> str:
         return self._decode(ids)
@@ -63,11 +71,10 @@ def _dolma2_offline() -> Tokenizer:
     digest.update(str(len(spec["mergeable_ranks"])).encode())
     for token, rank in sorted(spec["mergeable_ranks"].items(), key=lambda kv: kv[1])[:: 997]:
         digest.update(token + rank.to_bytes(4, "little"))
-    allowed = {EOS_TEXT}
+    digest.update(b"specials-as-text")
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
-        return enc.encode_ordinary_batch(texts) if not any(EOS_TEXT in t for t in texts) else \
-            [enc.encode(t, allowed_special=allowed, disallowed_special=()) for t in texts]
+        return enc.encode_ordinary_batch(texts)
 
     return Tokenizer("dolma2-offline", DOLMA2_EOS, DOLMA2_PAD, DOLMA2_VOCAB, digest.hexdigest()[:16],
                      encode_batch, enc.decode)
@@ -81,11 +88,12 @@ def _hf(path: str) -> Tokenizer:
     if not file.exists():
         raise TokenizerError(f"no tokenizer.json at {path}")
     tok = HFTokenizer.from_file(str(file))
+    tok.encode_special_tokens = True  # special-token text in source is text
     eos = tok.token_to_id(EOS_TEXT)
     pad = tok.token_to_id(PAD_TEXT)
     if eos is None:
         raise TokenizerError(f"{file}: no {EOS_TEXT} token")
-    fingerprint = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(file.read_bytes() + b"specials-as-text").hexdigest()[:16]
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
         return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
