@@ -185,6 +185,31 @@ def real_pairs(repos: Path, runs: int) -> int:
     lsh = lsh_matches(kept, evaluation, settings.eval.minhash_threshold, settings.eval.minhash_permutations)
     print(f"contamination by the exact check: {sum(kinds.values())} rows {kinds}; plain MinHash LSH at 0.8 "
           f"flags {lsh}")
+    # Independent recount, by brute force over every pair of rows (no LSH, no index).
+    from itertools import combinations
+
+    from spark_pipeline.corpus import checks
+    from spark_pipeline.corpus.integrity import exact_key, jaccard, shingle_hashes
+    from spark_pipeline.corpus.mixture import write_mixture
+    from spark_pipeline.corpus.parquet import read_rows
+
+    eos = settings.mixture.eos
+    texts = [r["text"].removesuffix(eos) for r in mixture.rows]
+    sh = [shingle_hashes(t) for t in texts]
+    exact_dups = len(texts) - len({exact_key(t) for t in texts})
+    near_pairs = sum(1 for i, j in combinations(range(len(sh)), 2) if jaccard(sh[i], sh[j]) >= 0.8)
+    ev_sh = [shingle_hashes(r["text"]) for r in evaluation]
+    leaks = sum(1 for a in sh for b in ev_sh
+                if jaccard(a, b) >= 0.8 or (b and len(a & b) / len(b) >= 0.8))
+    control = sum(1 for t in texts for c in t if (ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) <= 0x9F)
+    manifest = write_mixture(work / "mixture", mixture, settings, {}, "domain_only")
+    written = [r for shard in manifest["shards"] for r in read_rows(work / "mixture" / shard["file"])]
+    ok, wrong = checks.manifest_matches_rows(manifest, written, len(read_rows(work / "mixture" / "duplicates.parquet")),
+                                             len(read_rows(work / "mixture" / "contamination.parquet")))
+    print(f"brute-force recount of the mixture: {exact_dups} exact duplicates, {near_pairs} row pairs at Jaccard "
+          f">= 0.8, {leaks} row/evaluation pairs at Jaccard or containment >= 0.8 "
+          f"(contamination kept on purpose: {manifest['contamination']['kept_on_purpose']}), {control} control "
+          f"characters; manifest counts {'equal the recount' if ok else 'DIFFER: ' + '; '.join(wrong)}")
     tokenizer_file = reference / "dolma2-tokenizer.json"
     tok = load_tokenizer(f"hf:{tokenizer_file}" if tokenizer_file.exists() else "dolma2-offline")
     lengths = [len(ids) for ids in tok.encode_documents([r["text"] for r in mixture.rows])]
