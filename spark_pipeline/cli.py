@@ -102,7 +102,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"training mixture: {m['samples']} samples, {m['characters']:,} characters, "
               f"~{m['estimated_tokens']:,} tokens in {len(m['shards'])} shard(s) at {manifest.parent}")
         print(f"evaluation sets: {ev['in_domain']} in-domain, {ev['held_out']} held-out samples; "
-              f"contamination found {m['contamination']['found']}, dropped {m['contamination']['dropped']}")
+              f"duplicates dropped {m['duplicates']['dropped']}, contamination found "
+              f"{m['contamination']['found']}, dropped {m['contamination']['dropped']}")
     result = storage / "runs" / "hero" / "result.json"
     if result.exists():
         r = json.loads(result.read_text())
