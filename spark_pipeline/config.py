@@ -43,6 +43,16 @@ def _load(profile: str) -> dict:
     return _merge(hero, yaml.safe_load(path.read_text()) or {})
 
 
+def profile_files(profile: str | None = None) -> list[Path]:
+    """The YAML files a profile is read from (``hero.yaml`` first, then the overlay)."""
+    profile = profile or active_profile()
+    files = [CONFIG_DIR / "hero.yaml"]
+    if profile != "hero":
+        path = CONFIG_DIR / f"{profile}.yaml"
+        files.append(path if path.exists() else Path(profile).expanduser())
+    return files
+
+
 def active_profile() -> str:
     return os.environ.get(PROFILE_ENV, "demo")
 
