@@ -41,10 +41,14 @@ def prepare_run(run_dir: Path, settings: TrainingSettings, lineage: dict) -> tup
 
 
 def torchrun_command(nproc: int, run_dir: Path, cache: Path, base_model: Path, settings_file: Path,
-                     lineage_file: Path, resume: str = "", max_steps: int = 0, extra: list[str] | None = None) -> list[str]:
+                     lineage_file: Path, resume: str = "", max_steps: int = 0, extra: list[str] | None = None,
+                     grace_s: int = 30) -> list[str]:
+    """torchrun gives its workers ``grace_s`` seconds between SIGTERM and SIGKILL (its own
+    default is 30 s, shorter than one hero step): ``termination_grace_s`` of the settings."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = launcher + ["--standalone", f"--nproc_per_node={nproc}", "-m", "spark_pipeline.training",
+    cmd = launcher + ["--standalone", f"--nproc_per_node={nproc}", f"--shutdown-timeout={int(grace_s)}",
+                      "-m", "spark_pipeline.training",
                       "--run-dir", str(run_dir), "--cache", str(cache), "--base-model", str(base_model),
                       "--settings", str(settings_file), "--lineage", str(lineage_file)]
     if resume:
