@@ -4,6 +4,7 @@
                       default), in the project's Dagster instance, and say where results are
     spark pairs       list the pairs of the manifest and their partitions
     spark lineage K   table -> checkpoint -> tokenized cache -> mixture -> pair partitions
+    spark upload RUN --to gs://...   upload the checkpoints a run left pending
 """
 
 from __future__ import annotations
@@ -52,9 +53,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ok = result.success
         print(f"  {'ok  ' if ok else 'FAIL'} {label} ({time.perf_counter() - t0:.1f} s)")
         if not ok:
-            for event in result.all_events:
-                if event.is_failure and event.step_failure_data:
-                    print("       " + (event.step_failure_data.error.message or "").strip().splitlines()[0][:300])
+            for line in failure_lines(result.all_events):
+                print("       " + line)
         return ok
 
     print("pairs")
@@ -104,7 +104,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"evaluation sets: {ev['in_domain']} in-domain, {ev['held_out']} held-out samples; "
               f"duplicates dropped {m['duplicates']['dropped']}, contamination found "
               f"{m['contamination']['found']}, dropped {m['contamination']['dropped']}")
-    result = storage / "runs" / "hero" / "result.json"
+    from spark_pipeline.training.runs import latest_run
+
+    run_dir = latest_run(storage, "hero")
+    result = run_dir / "result.json" if run_dir else storage / "-"
     if result.exists():
         r = json.loads(result.read_text())
         print(f"training: {r['steps']} steps, final loss {r['final_loss']:.3f}, {r['trainable_parameters']:,} trainable "
@@ -118,13 +121,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def failure_lines(events) -> list[str]:
+    """One line per failed step, naming the step (the stage) and the first line of its
+    error; never fails itself, whatever the event holds."""
+    lines = []
+    for event in events:
+        if not getattr(event, "is_failure", False):
+            continue
+        data = getattr(event, "step_failure_data", None)
+        error = getattr(data, "error", None)
+        user = getattr(data, "user_failure_data", None)
+        text = (getattr(user, "description", None) or getattr(error, "message", None) or "").strip()
+        if not text and getattr(error, "cause", None) is not None:
+            text = (getattr(error.cause, "message", None) or "").strip()
+        stage = getattr(event, "step_key", None) or "?"
+        first = text.splitlines()[0][:300] if text else "(no message; see the run in the Dagster UI)"
+        lines.append(f"{stage}: {first}")
+    return lines
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Print table -> checkpoint -> tokenized cache -> mixture -> pair partitions for a checkpoint."""
+    from spark_pipeline.training.runs import checkpoint_folder
+
     storage = settings.storage_root()
-    run, _, name = args.checkpoint.partition("--")
-    folder = storage / "runs" / run / "checkpoints" / name
+    try:
+        folder = checkpoint_folder(storage, args.checkpoint)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if not (folder / "lineage.json").exists():
-        print(f"no checkpoint {args.checkpoint!r} at {folder} (keys look like hero--checkpoint-6)", file=sys.stderr)
+        print(f"no checkpoint {args.checkpoint!r} at {folder}", file=sys.stderr)
         return 2
     from spark_pipeline.records import sha256_file
 
@@ -157,14 +184,45 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Upload a run's checkpoints that are not (completely) in the bucket yet: what a run
+    left pending at its upload deadline. Complete uploads are skipped, never overwritten."""
+    from pathlib import Path
+
+    from spark_pipeline.training.gcs import CheckpointUploader, GCSError
+
+    run_dir = Path(args.run_dir)
+    folders = sorted(p for p in (run_dir / "checkpoints").glob("*-*") if (p / "trainer_state.json").exists())
+    if not folders:
+        print(f"no checkpoints under {run_dir / 'checkpoints'}", file=sys.stderr)
+        return 2
+    try:
+        uploader = CheckpointUploader(args.to, delete_local=args.delete_local)
+    except GCSError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for folder in folders:
+        uploader.submit(folder)
+    statuses = uploader.close(timeout=args.deadline or None)
+    for st in statuses:
+        print(f"{st.state:9} {st.folder} -> {st.url}" + (f"  ({st.error})" if st.error and st.state != "uploaded" else ""))
+    return 0 if all(st.state == "uploaded" for st in statuses) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spark", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="materialize every asset on the configured pairs").set_defaults(fn=cmd_demo)
     sub.add_parser("pairs", help="list the manifest's pairs").set_defaults(fn=cmd_pairs)
     lin = sub.add_parser("lineage", help="the chain from an evaluation table back to the pair partitions")
-    lin.add_argument("checkpoint", help="a checkpoint partition key, e.g. hero--checkpoint-6")
+    lin.add_argument("checkpoint", help="a checkpoint partition key, e.g. hero.20261122-093015-a3f1--checkpoint-6")
     lin.set_defaults(fn=cmd_lineage)
+    up = sub.add_parser("upload", help="upload a run's checkpoints that are not in the bucket yet")
+    up.add_argument("run_dir", help="the run's folder, <storage>/runs/<name>/<run id>")
+    up.add_argument("--to", required=True, help="the run's bucket prefix, gs://bucket/prefix/<name>/<run id>")
+    up.add_argument("--delete-local", action="store_true", help="delete each local copy after its verified upload")
+    up.add_argument("--deadline", type=float, default=0, help="give up after this many seconds (0: no limit)")
+    up.set_defaults(fn=cmd_upload)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -20,6 +20,7 @@ from spark_pipeline.evaluation.evaluate import (
 from spark_pipeline.plots import _plt, embed_png, save
 from spark_pipeline.records import atomic_write_text, sha256_file
 from spark_pipeline.training.launch import base_model_folder, tokenizer_name
+from spark_pipeline.training.runs import bucket_checkpoints, checkpoint_folder, discover, healthy
 from spark_pipeline.training.settings import TrainingSettings
 
 checkpoint_partitions = dg.DynamicPartitionsDefinition(name="checkpoints")
@@ -27,47 +28,33 @@ EVAL_CODE_VERSION = "1"
 
 
 def discover_checkpoints(runs: Path) -> dict[str, Path]:
-    """Complete checkpoints under ``<storage>/runs``: partition key ``<run>--checkpoint-<step>``."""
-    found = {}
-    if not runs.exists():
-        return found
-    for lineage in sorted(runs.glob("*/checkpoints/checkpoint-*/lineage.json")):
-        folder = lineage.parent
-        if (folder / "adapter_model.safetensors").exists():
-            found[f"{folder.parent.parent.name}--{folder.name}"] = folder
-    return found
-
-
-def discover_gcs_checkpoints(url: str) -> dict[str, str]:
-    """Completed uploads under ``gs://bucket/prefix/<run>/<checkpoint>/`` (marker present)."""
-    from spark_pipeline.training.gcs import MARKER, make_client, parse_url
-
-    bucket, prefix = parse_url(url)
-    found = {}
-    for blob in make_client().list_blobs(bucket, prefix=(prefix + "/") if prefix else None):
-        parts = blob.name[len(prefix) + 1 if prefix else 0:].split("/")
-        if len(parts) == 3 and parts[2] == MARKER and parts[1].startswith(("checkpoint-", "emergency")):
-            found[f"{parts[0]}--{parts[1]}"] = f"gs://{bucket}/{'/'.join(p for p in (prefix, parts[0], parts[1]) if p)}"
-    return found
+    """Complete, healthy checkpoints under ``<storage>/runs``, by partition key
+    ``<name>.<run id>--checkpoint-<step>`` (:mod:`spark_pipeline.training.runs`)."""
+    return discover(Path(runs).parent)
 
 
 def _checkpoint_path(storage: SparkStorage, key: str) -> Path:
     """The checkpoint's local folder; a checkpoint that lives only in the bucket
-    (``$SPARK_CHECKPOINT_URL``) is downloaded and verified first."""
+    (``$SPARK_CHECKPOINT_URL``) is downloaded and verified first. Unhealthy ones are refused."""
     import os
 
-    run, _, name = key.partition("--")
-    path = storage.path("runs", run, "checkpoints", name)
+    try:
+        path = checkpoint_folder(storage.path(), key)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
     if (path / "lineage.json").exists():
+        if not healthy(path):
+            raise dg.Failure(f"checkpoint {key!r} is marked UNHEALTHY ({(path / 'UNHEALTHY').read_text().strip()}); "
+                             "it is not evaluated")
         return path
     url = os.environ.get("SPARK_CHECKPOINT_URL", "")
     if url:
         from spark_pipeline.training.gcs import download_checkpoint
 
-        remote = discover_gcs_checkpoints(url).get(key)
+        remote = bucket_checkpoints(url).get(key)
         if remote:
-            return download_checkpoint(remote, storage.path("runs", run, "downloaded", name))
-    raise dg.Failure(f"checkpoint {key!r} not found at {path}" + (f" nor under {url}" if url else ""))
+            return download_checkpoint(remote, path.parent.parent / "downloaded" / path.name)
+    raise dg.Failure(f"checkpoint {key!r} not found at {path}" + (f" nor (healthy) under {url}" if url else ""))
 
 
 @dg.asset(
@@ -75,8 +62,8 @@ def _checkpoint_path(storage: SparkStorage, key: str) -> Path:
     partitions_def=checkpoint_partitions,
     deps=["train_hero"],
     code_version="1",
-    description="One partition per checkpoint found under <storage>/runs/*/checkpoints/: its step, lineage "
-    "and adapter hash.",
+    description="One partition per healthy checkpoint, keyed <name>.<run id>--checkpoint-<step>, found under "
+    "<storage>/runs/<name>/<run id>/checkpoints/ or in the bucket: its step, lineage and adapter hash.",
 )
 def checkpoints(context: dg.AssetExecutionContext, storage: SparkStorage):
     path = _checkpoint_path(storage, context.partition_key)
@@ -295,8 +282,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     points = []
     for r in sorted((r for r in rows if r["model"].startswith("adapter") and r["category"] == "all"
                      and r["split"] == "in_domain"), key=lambda r: r["step"]):
-        run, _, name = r["checkpoint"].partition("--")
-        state = storage.path("runs", run, "checkpoints", name, "trainer_state.json")
+        state = checkpoint_folder(storage.path(), r["checkpoint"]) / "trainer_state.json"
         losses = json.loads(state.read_text())["health"]["losses"] if state.exists() else []
         points.append({"checkpoint": r["checkpoint"], "step": r["step"], "perplexity": r["perplexity"],
                        "train_loss": losses[-1] if losses else None})
@@ -332,7 +318,7 @@ def new_checkpoints_sensor(context: dg.SensorEvaluationContext):
 
     found = dict(discover_checkpoints(settings.storage_root() / "runs"))
     if os.environ.get("SPARK_CHECKPOINT_URL"):
-        for key, url in discover_gcs_checkpoints(os.environ["SPARK_CHECKPOINT_URL"]).items():
+        for key, url in bucket_checkpoints(os.environ["SPARK_CHECKPOINT_URL"]).items():
             found.setdefault(key, url)
     known = set(context.instance.get_dynamic_partitions(checkpoint_partitions.name))
     new = [k for k in found if k not in known]

@@ -3,15 +3,16 @@ torchrun through Dagster Pipes (the training program is ``python -m spark_pipeli
 
 import json
 import os
-import shutil
 
 import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field
 
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage
 from spark_pipeline.plots import embed_png
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
 from spark_pipeline.training.launch import base_model_folder, prepare_run, tokenizer_name, torchrun_command
+from spark_pipeline.training.runs import latest_run_with_checkpoints, new_run_id
 from spark_pipeline.training.settings import TrainingSettings
 
 
@@ -63,9 +64,12 @@ def tokenized_cache(context: dg.AssetExecutionContext, config: TokenizeConfig, s
 class TrainConfig(dg.Config):
     nproc: int = Field(default=0, description="processes (GPUs); 0: the profile's gpus, capped by the GPUs "
                        "present, one process on a CPU-only machine")
-    resume: str = Field(default="", description="'' (fresh), 'latest', a checkpoint folder or gs:// URL")
+    resume: str = Field(default="", description="'' (a new run), 'latest' (continue the newest run that has a "
+                        "checkpoint, here or in the bucket), or a checkpoint folder or gs:// URL to start a new "
+                        "run from")
     max_steps: int = Field(default=0, description="stop after this step; 0: the profile's")
-    run_name: str = Field(default="hero", description="folder under <storage>/runs/")
+    run_name: str = Field(default="hero", description="name under <storage>/runs/; each run gets its own id "
+                          "folder below it")
     upload: str = Field(default="", description="gs://bucket/prefix to copy checkpoints to in the background; "
                         "empty: $SPARK_CHECKPOINT_URL, or no upload")
     keep_local: bool = Field(default=False, description="keep local checkpoints after a verified upload")
@@ -93,7 +97,8 @@ def _loss_plot(messages: list[dict], path):
     pool="gpu",
     code_version="1",
     description="§4: LoRA continual pretraining, `torchrun --nproc_per_node=<gpus> -m spark_pipeline.training` "
-    "through Dagster Pipes; checkpoints with lineage.json under <storage>/runs/<run>/.",
+    "through Dagster Pipes; each run in its own folder <storage>/runs/<name>/<run id>/ with immutable "
+    "checkpoints (lineage.json in each). A run that diverges fails, its late checkpoints marked UNHEALTHY.",
 )
 def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: SparkStorage,
                spark_config: SparkConfig, pipes_subprocess_client: dg.PipesSubprocessClient):
@@ -125,26 +130,57 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     gpus = torch.cuda.device_count()
     nproc = config.nproc or (min(settings.gpus, gpus) if gpus else 1)
     base = base_model_folder(settings, storage.path())
-    run_dir = storage.path("runs", config.run_name)
-    if not config.resume and (run_dir / "checkpoints").exists():
-        context.log.info(f"fresh run: clearing the earlier checkpoints of {run_dir}")
-        shutil.rmtree(run_dir / "checkpoints")
-        shutil.rmtree(run_dir / "emergency_checkpoint", ignore_errors=True)
+    upload_root = (config.upload or os.environ.get("SPARK_CHECKPOINT_URL", "")).rstrip("/")
+    run_id, resume = _run_for(context, config, storage, upload_root)
+    run_dir = storage.path("runs", config.run_name, run_id)
     settings_file, lineage_file = prepare_run(run_dir, settings, lineage)
-    upload = config.upload or os.environ.get("SPARK_CHECKPOINT_URL", "")
-    extra = (["--upload", f"{upload.rstrip('/')}/{config.run_name}"] if upload else []) + \
-        (["--keep-local"] if config.keep_local else [])
-    cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, config.resume, config.max_steps,
-                           extra)
+    upload = f"{upload_root}/{config.run_name}/{run_id}" if upload_root else ""
+    extra = (["--upload", upload] if upload else []) + (["--keep-local"] if config.keep_local else [])
+    cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume, config.max_steps,
+                           extra, grace_s=settings.termination_grace_s)
+    context.log.info(f"run {config.run_name}.{run_id} in {run_dir}" + (f", uploading to {upload}" if upload else ""))
     context.log.info("launching: " + " ".join(cmd))
     env = {"WANDB_SILENT": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     if not os.environ.get("WANDB_API_KEY"):
         env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
-    invocation = pipes_subprocess_client.run(command=cmd, context=context, env=env)
+    try:
+        invocation = pipes_subprocess_client.run(command=cmd, context=context, env=env)
+    except DagsterPipesExecutionError as exc:
+        raise _training_failure(run_dir, exc) from exc
     messages = invocation.get_custom_messages()
     result = invocation.get_materialize_result()
     plot = _loss_plot(messages, run_dir / "loss.png")
-    extra = {"run_dir": dg.MetadataValue.path(str(run_dir)), "nproc": nproc, "lineage": dg.MetadataValue.json(lineage)}
+    extra = {"run_dir": dg.MetadataValue.path(str(run_dir)), "run_id": run_id, "nproc": nproc,
+             "lineage": dg.MetadataValue.json(lineage)}
     if plot:
         extra["loss_curve"] = dg.MetadataValue.md(embed_png(plot, "training loss"))
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra}, data_version=result.data_version)
+
+
+def _run_for(context, config: TrainConfig, storage: SparkStorage, upload_root: str) -> tuple[str, str]:
+    """(run id, --resume argument). A fresh run, or one resumed from a given checkpoint, gets a
+    new id and folder; ``latest`` continues the newest run that has a checkpoint, locally or in
+    the bucket, in its own folder (a fresh run if none has one). Nothing of an earlier run is
+    deleted or overwritten."""
+    if config.resume == "latest":
+        run_id = latest_run_with_checkpoints(storage.path(), config.run_name, upload_root)
+        if run_id:
+            context.log.info(f"resume latest: continuing run {config.run_name}.{run_id}")
+            return run_id, "latest"
+        context.log.info(f"resume latest: no run of {config.run_name!r} has a checkpoint yet; starting a new run")
+        return new_run_id(), ""
+    return new_run_id(), config.resume
+
+
+def _training_failure(run_dir, exc: Exception) -> dg.Failure:
+    """A failed training program, said plainly: divergence (with the checkpoints marked
+    unhealthy), a bad setting, or a crash (the tail of the log is in the run's stderr)."""
+    result_file = run_dir / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if result.get("exit") == "diverged":
+        return dg.Failure(
+            f"training diverged ({result.get('diverged')}); last healthy step {result.get('last_healthy_step')}. "
+            f"Checkpoints after it are marked UNHEALTHY and will not be evaluated: {result.get('unhealthy_checkpoints')}",
+            metadata={"run_dir": dg.MetadataValue.path(str(run_dir)), "result": dg.MetadataValue.json(result)})
+    return dg.Failure(f"the training program failed ({exc}); see the step's logs (stderr) and {run_dir}",
+                      metadata={"run_dir": dg.MetadataValue.path(str(run_dir))})

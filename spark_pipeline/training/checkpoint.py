@@ -1,6 +1,6 @@
 """Checkpoints: a standard PEFT adapter folder plus everything needed to resume by index.
 
-    checkpoint-<step>/                 (or emergency_checkpoint/)
+    checkpoint-<step>/                 (or emergency-<step>/: saved on a signal or divergence)
       adapter_config.json, adapter_model.safetensors   PeftModel.from_pretrained loads these
       optimizer.pt, scheduler.pt       optimizer and LR schedule
       rng_state_<rank>.pt              torch (CPU, CUDA), Python and numpy generators per rank
@@ -8,7 +8,8 @@
       lineage.json                     mixture hash, pair partitions and versions, cache key,
                                        config hash, code version, W&B run id
 
-Written into a temporary folder and renamed when complete. PEFT is told not to save the
+Written into a temporary folder and renamed when complete; never overwritten afterwards
+(:mod:`.runs`). PEFT is told not to save the
 base model's full embedding and lm_head matrices (1.5 GiB at 7B): only the adapters.
 """
 
@@ -59,8 +60,16 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, trainer_state: dict, lineage: dict, rank: int,
                     world: int, barrier=None) -> Path:
-    """Rank 0 writes the shared files; every rank writes its RNG state."""
+    """Rank 0 writes the shared files; every rank writes its RNG state. A complete checkpoint
+    is never written again: if ``folder`` already holds one of the same step (an emergency
+    save right after resuming from it), it is kept as it is; of another step, it is an error."""
     folder = Path(folder)
+    if (folder / "trainer_state.json").exists():
+        existing = load_trainer_state(folder)["step"]
+        if existing != trainer_state["step"]:
+            raise FileExistsError(f"{folder} already holds the checkpoint of step {existing}; checkpoints are "
+                                  f"immutable, refusing to write step {trainer_state['step']} over it")
+        return folder
     tmp = folder.parent / f".{folder.name}.tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -79,7 +88,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, trainer_state: di
     if barrier:
         barrier()
     if rank == 0:
-        if folder.exists():
+        if folder.exists():  # an incomplete leftover (no trainer_state.json); complete ones returned above
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     if barrier:

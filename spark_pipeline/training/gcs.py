@@ -26,12 +26,40 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spark_pipeline.training.runs import UNHEALTHY
+
 log = logging.getLogger(__name__)
 MARKER = "_UPLOAD_COMPLETE"
 
 
 class GCSError(RuntimeError):
     pass
+
+
+class CheckpointConflict(GCSError):
+    """The bucket already holds a different complete checkpoint under that name."""
+
+
+def list_checkpoints(url: str, client=None) -> dict[str, int]:
+    """Completed, healthy checkpoints directly under ``url`` (marker present, no UNHEALTHY
+    marker): folder name -> step."""
+    import json
+
+    bucket_name, prefix = parse_url(url)
+    client = client or make_client()
+    bucket = client.bucket(bucket_name)
+    files: dict[str, set[str]] = {}
+    for blob in client.list_blobs(bucket_name, prefix=(prefix + "/") if prefix else None):
+        parts = blob.name[len(prefix) + 1 if prefix else 0:].split("/")
+        if len(parts) == 2:
+            files.setdefault(parts[0], set()).add(parts[1])
+    found = {}
+    for folder, names in files.items():
+        if MARKER in names and UNHEALTHY not in names:
+            state = bucket.get_blob("/".join(p for p in (prefix, folder, "trainer_state.json") if p))
+            if state is not None:
+                found[folder] = int(json.loads(state.download_as_bytes())["step"])
+    return found
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -66,7 +94,7 @@ def _md5_b64(path: Path) -> str:
 class UploadStatus:
     folder: str
     url: str
-    state: str = "queued"  # queued | uploading | uploaded | failed
+    state: str = "queued"  # queued | uploading | uploaded | failed | conflict | pending
     attempts: int = 0
     files: int = 0
     bytes: int = 0
@@ -101,9 +129,15 @@ class CheckpointUploader:
         return status
 
     def close(self, timeout: float | None = None) -> list[UploadStatus]:
-        """Wait for every queued upload to finish (or fail), then stop the thread."""
+        """Wait for the queued uploads to finish (or fail) for at most ``timeout`` seconds in
+        all; what is still queued or uploading then is left ``pending`` (its local copy is
+        kept; ``spark upload`` finishes it later) and the thread is abandoned."""
         self._queue.put(None)
         self._thread.join(timeout)
+        for status in self.statuses:
+            if status.state in ("queued", "uploading"):
+                status.state = "pending"
+                status.error = status.error or f"not finished within the {timeout:.0f} s upload deadline"
         return self.statuses
 
     def _work(self):
@@ -122,6 +156,10 @@ class CheckpointUploader:
                     self._upload(client, folder, status)
                     status.state = "uploaded"
                     status.error = ""
+                    break
+                except CheckpointConflict as exc:
+                    status.state, status.error = "conflict", str(exc)
+                    log.error(str(exc))
                     break
                 except Exception as exc:  # noqa: BLE001 - any transport failure is retried
                     status.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -144,6 +182,14 @@ class CheckpointUploader:
         bucket = client.bucket(self.bucket_name)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         status.files, status.bytes = len(files), sum(p.stat().st_size for p in files)
+        if bucket.get_blob(self._blob_name(folder, MARKER), timeout=self.timeout_s, retry=None) is not None:
+            # A complete checkpoint is immutable: the same files again is a no-op, other files a conflict.
+            differ = [p.relative_to(folder).as_posix() for p in files
+                      if not self._matches(bucket, self._blob_name(folder, p.relative_to(folder).as_posix()), p)]
+            if differ:
+                raise CheckpointConflict(f"{status.url} already holds a complete checkpoint with other files "
+                                         f"({differ[:3]}); refusing to overwrite it, the local copy is kept")
+            return
         for path in files:
             rel = path.relative_to(folder).as_posix()
             blob = bucket.blob(self._blob_name(folder, rel))
