@@ -46,6 +46,16 @@ class Emulator:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def freeze(self) -> None:
+        """Stop the service without closing its port: connections are accepted by the kernel
+        and never answered, as a storage service that hangs."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+

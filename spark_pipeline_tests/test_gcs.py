@@ -90,18 +90,28 @@ def test_incomplete_upload_is_not_downloaded(emulator, tmp_path):
 
 
 def test_sensor_finds_uploaded_checkpoints_and_evaluation_downloads_them(emulator, tmp_path, monkeypatch):
-    from spark_pipeline.defs.evaluation import _checkpoint_path, discover_gcs_checkpoints
+    from spark_pipeline.defs.evaluation import _checkpoint_path
     from spark_pipeline.defs.resources import SparkStorage
+    from spark_pipeline.training.runs import bucket_checkpoints, mark_unhealthy_in_bucket
 
-    ckpt = _checkpoint(tmp_path / "checkpoint-5")
-    (ckpt / "lineage.json").write_text('{"step": 5}')
-    uploader = CheckpointUploader("gs://spark-test/ckpts/run1", delete_local=True, backoff_s=0.05)
-    uploader.submit(ckpt)
-    incomplete = make_client().bucket("spark-test").blob("ckpts/run1/checkpoint-9/optimizer.pt")
+    run = "gs://spark-test/ckpts/hero/20261122-093015-a3f1"
+    for step in (5, 7):
+        ckpt = _checkpoint(tmp_path / f"checkpoint-{step}")
+        (ckpt / "lineage.json").write_text(f'{{"step": {step}}}')
+        uploader = CheckpointUploader(run, delete_local=True, backoff_s=0.05)
+        uploader.submit(ckpt)
+        uploader.close(timeout=60)
+    incomplete = make_client().bucket("spark-test").blob(
+        "ckpts/hero/20261122-093015-a3f1/checkpoint-9/optimizer.pt")
     incomplete.upload_from_string(b"half")  # no marker: never listed
-    uploader.close(timeout=60)
-    found = discover_gcs_checkpoints("gs://spark-test/ckpts")
-    assert found == {"run1--checkpoint-5": "gs://spark-test/ckpts/run1/checkpoint-5"}
+    mark_unhealthy_in_bucket([f"{run}/checkpoint-7"], "diverged")  # never listed either
+    found = bucket_checkpoints("gs://spark-test/ckpts")
+    assert found == {"hero.20261122-093015-a3f1--checkpoint-5": f"{run}/checkpoint-5"}
     monkeypatch.setenv("SPARK_CHECKPOINT_URL", "gs://spark-test/ckpts")
-    local = _checkpoint_path(SparkStorage(root=str(tmp_path / "storage")), "run1--checkpoint-5")
+    storage = SparkStorage(root=str(tmp_path / "storage"))
+    local = _checkpoint_path(storage, "hero.20261122-093015-a3f1--checkpoint-5")
     assert (local / "lineage.json").read_text() == '{"step": 5}' and (local / "optimizer.pt").stat().st_size == 300_000
+    import dagster as dg
+
+    with pytest.raises(dg.Failure, match="not found"):
+        _checkpoint_path(storage, "hero.20261122-093015-a3f1--checkpoint-7")
