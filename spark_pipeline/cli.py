@@ -126,9 +126,12 @@ def failure_lines(events) -> list[str]:
     error; never fails itself, whatever the event holds."""
     lines = []
     for event in events:
-        if not getattr(event, "is_failure", False):
+        if not getattr(event, "is_step_failure", False):  # run failures repeat it, without the error
             continue
-        data = getattr(event, "step_failure_data", None)
+        try:
+            data = event.step_failure_data
+        except Exception:  # noqa: BLE001 - an event of another shape: say so, never crash the report
+            data = None
         error = getattr(data, "error", None)
         user = getattr(data, "user_failure_data", None)
         text = (getattr(user, "description", None) or getattr(error, "message", None) or "").strip()

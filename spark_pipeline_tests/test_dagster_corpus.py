@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 
 from spark_pipeline.corpus.parquet import read_lineage, read_rows
+from spark_pipeline.defs.resources import SparkConfig
 from spark_pipeline.definitions import defs
 from spark_pipeline_tests.conftest import dagster_resources, sample_entry, write_manifest
 
@@ -105,6 +106,15 @@ def test_mixture_before_eval_sets_says_what_to_do(storage):
                                 resources=dagster_resources(storage), raise_on_error=False)
         error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
         assert "materialize repo_datasheet_pairs first" in error
+    # what `spark demo` prints for it: the stage, then the first line of its error
+    from types import SimpleNamespace
+
+    from spark_pipeline.cli import failure_lines
+
+    lines = failure_lines(result.all_events)
+    assert lines and lines[0].startswith("training_mixture: ") and "materialize repo_datasheet_pairs first" in lines[0]
+    bare = SimpleNamespace(is_step_failure=True, step_key="train_hero", step_failure_data=SimpleNamespace(error=None))
+    assert failure_lines([bare]) == ["train_hero: (no message; see the run in the Dagster UI)"]
 
 
 def test_tokenized_cache_and_train_hero_through_pipes(built, monkeypatch):
@@ -136,6 +146,46 @@ def test_tokenized_cache_and_train_hero_through_pipes(built, monkeypatch):
     assert any("trainable parameters" in m for m in messages), "rank 0's log reached Dagster through Pipes"
 
 
+def test_a_new_train_hero_run_never_touches_the_earlier_ones_and_a_diverged_run_fails(built, monkeypatch, tmp_path):
+    """Re-materializing train_hero starts a new run (own id, own folder): the first run's
+    checkpoints stay byte for byte, and the sensor's keys for the new run are new. A run whose
+    weights blow up fails the asset, naming the divergence, and its checkpoints are never
+    offered for evaluation."""
+    import yaml
+
+    from spark_pipeline.config import CONFIG_DIR
+    from spark_pipeline.training.runs import discover, run_folders
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    storage = built["storage"]
+    assert built["run"](["tokenized_cache"]).success
+    two_steps = {"ops": {"train_hero": {"config": {"max_steps": 2}}}}
+    assert built["run"](["train_hero"], run_config=two_steps).success
+    [first] = run_folders(storage, "hero")
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and "checkpoints" in p.parts}
+    assert before
+    assert built["run"](["train_hero"], run_config=two_steps).success
+    folders = run_folders(storage, "hero")
+    assert len(folders) == 2 and folders[0] == first
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and "checkpoints" in p.parts} == before
+    keys = sorted(discover(storage))
+    assert keys == sorted(f"hero.{f.name}--checkpoint-2" for f in folders), keys
+
+    profile = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
+    profile["training"]["optimizer"]["learning_rate"] = 1.0e3
+    profile["training"]["save_every_steps"] = 1
+    (tmp_path / "diverging.yaml").write_text(yaml.safe_dump(profile))
+    resources = {**dagster_resources(storage), "spark_config": SparkConfig(profile=str(tmp_path / "diverging.yaml"))}
+    result = dg.materialize(ASSETS, selection=["train_hero"], instance=built["instance"], resources=resources,
+                            run_config={"ops": {"train_hero": {"config": {"max_steps": 4}}}}, raise_on_error=False)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "training diverged" in error and "UNHEALTHY" in error, error
+    diverged = run_folders(storage, "hero")[-1]
+    assert (diverged / "checkpoints" / "checkpoint-1" / "UNHEALTHY").exists()
+    assert sorted(discover(storage)) == keys, "no checkpoint of the diverged run is offered for evaluation"
+
+
 def test_train_hero_says_what_to_materialize_first(storage):
     with dg.instance_for_test() as instance:
         result = dg.materialize(ASSETS, selection=["train_hero"], instance=instance,
@@ -153,25 +203,31 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert built["run"](["tokenized_cache"]).success
     assert built["run"](["train_hero"], run_config={"ops": {"train_hero": {"config": {"max_steps": 2}}}}).success
 
+    from spark_pipeline.training.runs import discover
+
+    [key] = discover(storage)
+    assert key.startswith("hero.") and key.endswith("--checkpoint-2")
     result = new_checkpoints_sensor(dg.build_sensor_context(instance=instance))
-    assert [r.partition_key for r in result.run_requests] == ["hero--checkpoint-2"]
+    assert [r.partition_key for r in result.run_requests] == [key]
     assert set(result.run_requests[0].asset_selection) == {dg.AssetKey("checkpoints"), dg.AssetKey("checkpoint_eval"),
                                                            dg.AssetKey("code_regression")}
-    instance.add_dynamic_partitions("checkpoints", ["hero--checkpoint-2"])  # what the daemon does with the request
+    instance.add_dynamic_partitions("checkpoints", [key])  # what the daemon does with the request
     assert isinstance(new_checkpoints_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+    run_id = key.split(".", 1)[1].split("--")[0]
+    folder = storage / "runs" / "hero" / run_id / "checkpoints" / "checkpoint-2"
 
-    ev = built["run"](["checkpoints", "checkpoint_eval"], "hero--checkpoint-2")
+    ev = built["run"](["checkpoints", "checkpoint_eval"], key)
     assert ev.success
     checks = {e.check_name: e.passed for e in ev.get_asset_check_evaluations()}
     assert checks == {"adapter_loaded": True}
-    rows = read_rows(storage / "evaluation" / "hero--checkpoint-2" / "table.parquet")
+    rows = read_rows(storage / "evaluation" / key / "table.parquet")
     models = {r["model"] for r in rows}
-    assert models == {"base", "adapter:hero--checkpoint-2"}
+    assert models == {"base", f"adapter:{key}"}
     assert {r["split"] for r in rows} == {"in_domain", "held_out"}
     lineage_sha = rows[0]["lineage_sha256"]
     from spark_pipeline.records import sha256_file
 
-    assert lineage_sha == sha256_file(storage / "runs" / "hero" / "checkpoints" / "checkpoint-2" / "lineage.json")
+    assert lineage_sha == sha256_file(folder / "lineage.json")
     overall = [r for r in rows if r["category"] == "all"]
     assert all(r["perplexity"] > 1 and 0 <= r["tf_top5"] <= 1 and r["gen_samples"] > 0 for r in overall)
     for r in overall:
@@ -180,10 +236,10 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert all(0 <= r["compile_rate"] <= 1 and r["memorized_longest_max"] >= 0 for r in overall), \
         "compile check and memorization report ran"
 
-    code = built["run"](["code_regression"], "hero--checkpoint-2")
+    code = built["run"](["code_regression"], key)
     assert code.success
-    code_rows = read_rows(storage / "evaluation" / "hero--checkpoint-2" / "code_regression.parquet")
-    assert {r["model"] for r in code_rows} == {"base", "adapter:hero--checkpoint-2"}
+    code_rows = read_rows(storage / "evaluation" / key / "code_regression.parquet")
+    assert {r["model"] for r in code_rows} == {"base", f"adapter:{key}"}
     assert {r["difficulty"] for r in code_rows} == {"all", "easy", "medium", "hard"}
     assert all(0 <= r["pass_rate"] <= r["compile_rate"] <= 1 for r in code_rows)
 
@@ -194,16 +250,16 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert (storage / "evaluation" / "report" / "report.md").exists()
 
     schedule_requests = reevaluation_schedule(dg.build_schedule_context(instance=instance))
-    assert [r.partition_key for r in schedule_requests] == ["hero--checkpoint-2"]
-    assert schedule_requests[0].run_key.startswith("reeval:hero--checkpoint-2:")
+    assert [r.partition_key for r in schedule_requests] == [key]
+    assert schedule_requests[0].run_key.startswith(f"reeval:{key}:")
 
     # a checkpoint whose adapter is not the one its lineage names is refused, with the evidence
-    adapter = storage / "runs" / "hero" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"
+    adapter = folder / "adapter_model.safetensors"
     from safetensors.torch import load_file, save_file
 
     weights = {k: v * 0.5 for k, v in load_file(str(adapter)).items()}
     save_file(weights, str(adapter))
-    bad = built["run"](["checkpoint_eval"], "hero--checkpoint-2")
+    bad = built["run"](["checkpoint_eval"], key)
     assert not bad.success
     error = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
     assert "did not load as trained" in error
