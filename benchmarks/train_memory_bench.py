@@ -71,7 +71,7 @@ def worker(args) -> dict:
     model = add_adapters(build_base_model(shape, seed=0).to(device), LoraSettings(8, 16, 0.0, True))
     torch.manual_seed(1)  # adapters off their zero init (LoRA B, embedding A), alike in every variant,
     with torch.no_grad():  # so that every adapter matrix of lm_head and embed_tokens gets a gradient
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.normal_(0.0, 0.02)
     forward = CausalLMLoss(model, args.chunk if args.variant.startswith("chunked") else 0)

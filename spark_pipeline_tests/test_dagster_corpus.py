@@ -7,8 +7,8 @@ import dagster as dg
 import pytest
 
 from spark_pipeline.corpus.parquet import read_lineage, read_rows
-from spark_pipeline.defs.resources import SparkConfig
 from spark_pipeline.definitions import defs
+from spark_pipeline.defs.resources import SparkConfig
 from spark_pipeline_tests.conftest import dagster_resources, sample_entry, write_manifest
 
 ASSETS = list(defs.assets)
@@ -235,6 +235,33 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
         assert r["ppl_reduction_vs_base"] == pytest.approx((base["perplexity"] - r["perplexity"]) / base["perplexity"])
     assert all(0 <= r["compile_rate"] <= 1 and r["memorized_longest_max"] >= 0 for r in overall), \
         "compile check and memorization report ran"
+    assert all(r["perplexity_lo"] <= r["perplexity"] <= r["perplexity_hi"] for r in overall), "95% intervals"
+    assert "[" in (storage / "evaluation" / key / "table.md").read_text(), "the Markdown shows the intervals"
+    assert all(r["base_model_sha256"] == json.loads((folder / "lineage.json").read_text())["base_model"]["weights_sha256"]
+               for r in rows), "the table names the base model it was computed on, the one trained on"
+
+    # every generation is stored: anyone can recompute token accuracy and BLEU-4 from it
+    import sacrebleu
+
+    from spark_pipeline.evaluation.metrics import token_accuracy
+
+    generations = read_rows(storage / "evaluation" / key / "generations.parquet")
+    adapter_gens = [g for g in generations if g["model"] == f"adapter:{key}" and g["split"] == "in_domain"]
+    adapter_all = next(r for r in overall if r["model"] == f"adapter:{key}" and r["split"] == "in_domain")
+    assert len(adapter_gens) == adapter_all["gen_samples"] > 0
+    assert all(g["prompt_sha256"] and g["reference"] is not None and g["generation"] is not None for g in generations)
+    accuracy = [token_accuracy(g["generation_ids"], g["reference_ids"]) for g in adapter_gens]
+    assert adapter_all["gen_token_accuracy"] == pytest.approx(sum(accuracy) / len(accuracy))
+    from spark_pipeline.tokens.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(json.loads((folder / "lineage.json").read_text())["tokenizer"])
+    hyps = [tok.decode(g["generation_ids"][: len(g["reference_ids"])]) for g in adapter_gens]
+    assert adapter_all["bleu4"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [[g["reference"] for g in adapter_gens]]).score)
+    meta = ev.asset_materializations_for_node("checkpoint_eval")[0].metadata
+    assert "generation:" in meta["examples"].value and "reference:" in meta["examples"].value
+    logs = [e.event_log_entry.user_message for e in instance.get_records_for_run(ev.run_id).records]
+    assert any("scored" in m and "s left" in m for m in logs) and any("generated" in m and "s left" in m for m in logs), \
+        "progress per batch with the time left"
 
     code = built["run"](["code_regression"], key)
     assert code.success
@@ -253,7 +280,25 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert [r.partition_key for r in schedule_requests] == [key]
     assert schedule_requests[0].run_key.startswith(f"reeval:{key}:")
 
-    # a checkpoint whose adapter is not the one its lineage names is refused, with the evidence
+    # an adapter whose config was changed (rsLoRA off: other numbers from the same weights) is
+    # refused, and the checkpoint's earlier table is withdrawn, not left to read as current
+    config_file = folder / "adapter_config.json"
+    original = config_file.read_text()
+    tampered = json.loads(original)
+    assert tampered["use_rslora"] is True
+    config_file.write_text(json.dumps({**tampered, "use_rslora": False}))
+    bad = built["run"](["checkpoint_eval"], key)
+    assert not bad.success
+    error = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "did not load as trained" in error and "config or weights" in error
+    assert not (storage / "evaluation" / key / "table.parquet").exists()
+    assert (storage / "evaluation" / key / "BLOCKED").exists()
+    assert list((storage / "evaluation" / key).glob("withdrawn-*/table.parquet"))
+    report = built["run"](["evaluation_report"])
+    assert not report.success, "no table is left to report"
+    config_file.write_text(original)
+
+    # and so are weights that are not the trained ones
     adapter = folder / "adapter_model.safetensors"
     from safetensors.torch import load_file, save_file
 

@@ -114,7 +114,7 @@ def test_external_models_over_both_protocols_with_cache(tmp_path):
     with FakeLLM() as server:
         for spec in (ExternalModel("qwen", "openai", "qwen3-coder", f"{server.url}/v1"),
                      ExternalModel("claude", "anthropic", "claude-opus", server.url)):
-            rows, usage = evaluate_external(spec, samples, tok, 16, 5, 0.75, tmp_path / spec.name)
+            rows, records, usage = evaluate_external(spec, samples, tok, 16, 5, 0.75, tmp_path / spec.name)
             by = {(r["split"], r["category"]): r for r in rows}
             assert set(by) == {("in_domain", "general"), ("in_domain", "all"), ("held_out", "crypto"),
                                ("held_out", "all")}
@@ -122,8 +122,11 @@ def test_external_models_over_both_protocols_with_cache(tmp_path):
             assert by[("in_domain", "all")]["gen_samples"] == 2 and math.isnan(by[("in_domain", "all")]["perplexity"])
             assert 0 <= by[("in_domain", "all")]["gen_token_accuracy"] <= 1
             assert usage["calls"] == 2 and usage["cached_calls"] == 1 and usage["tokens"] > 0  # two prompts repeat
+            assert len(records) == 3 and all(r["generation"] is not None and r["prompt_sha256"] for r in records)
+            acc = [r["token_accuracy"] for r in records if r["split"] == "in_domain"]
+            assert by[("in_domain", "all")]["gen_token_accuracy"] == pytest.approx(sum(acc) / len(acc))
         seen = len(server.requests)
-        _, again = evaluate_external(ExternalModel("qwen", "openai", "qwen3-coder", f"{server.url}/v1"), samples, tok,
+        _, _, again = evaluate_external(ExternalModel("qwen", "openai", "qwen3-coder", f"{server.url}/v1"), samples, tok,
                                      16, 5, 0.75, tmp_path / "qwen")
         assert len(server.requests) == seen and again["cached_calls"] == 3, "re-runs cost nothing"
     assert server.requests[0]["body"]["messages"][0]["role"] == "system"
@@ -137,10 +140,10 @@ def test_external_model_errors_are_counted_per_request(tmp_path):
     tok = load_tokenizer()
     with FakeLLM(mode="server_error") as server:
         spec = ExternalModel("down", "openai", "m", f"{server.url}/v1", max_retries=1, backoff_s=0.01)
-        rows, usage = evaluate_external(spec, _eval_samples(tok), tok, 16, 5, 0.75, tmp_path)
+        rows, records, usage = evaluate_external(spec, _eval_samples(tok), tok, 16, 5, 0.75, tmp_path)
     by = {(r["split"], r["category"]): r for r in rows}
     assert by[("in_domain", "all")]["gen_errors"] == 2 and by[("in_domain", "all")]["gen_samples"] == 0
-    assert math.isnan(by[("in_domain", "all")]["gen_token_accuracy"]) and usage["retries"] == 3
+    assert math.isnan(by[("in_domain", "all")]["gen_token_accuracy"]) and usage["retries"] == 3 and records == []
 
 
 def test_compile_check_with_repository_headers(tmp_path):
@@ -193,17 +196,130 @@ def test_cpp_regression_oracle_wrong_broken_slow_and_greedy_memory():
     assert extract_code("int f() { return 1; }\n```") == "int f() { return 1; }\n"
 
 
-def test_category_winner_across_models():
+def _records(model, category, accuracies, step=-1):
+    return [{"model": model, "split": "in_domain", "category": category, "sample_id": f"s{i}", "generated": True,
+             "token_accuracy": a, "step": step} for i, a in enumerate(accuracies)]
+
+
+def _row(model, category, records, step=-1, split="in_domain", checkpoint=""):
+    acc = [r["token_accuracy"] for r in records]
+    return {"model": model, "category": category, "split": split, "step": step, "checkpoint": checkpoint,
+            "gen_token_accuracy": sum(acc) / len(acc) if acc else float("nan")}
+
+
+def test_category_winner_needs_a_difference_outside_the_interval():
+    """Old behaviour: every accuracy 0.0 and the adapter named winner everywhere (ties went to
+    the first name). A tie is a tie; a winner beats the runner-up outside the paired 95%
+    interval; only the newest run's latest checkpoint competes; NaN never wins."""
     from spark_pipeline.defs.evaluation import category_winners
 
-    def row(model, category, acc, step=-1, split="in_domain"):
-        return {"model": model, "category": category, "gen_token_accuracy": acc, "step": step, "split": split}
+    key = "hero.20261122-093015-a3f1--checkpoint-{}"
+    clear = {"base": [0.1, 0.2, 0.1, 0.15, 0.2, 0.1, 0.12, 0.18], "claude": [0.8, 0.9, 0.85, 0.7, 0.95, 0.9, 0.8, 0.88],
+             "old": [1.0] * 8, "new": [0.5, 0.6, 0.55, 0.4, 0.5, 0.6, 0.45, 0.5]}
+    records = (_records("base", "crypto", clear["base"]) + _records("external:claude", "crypto", clear["claude"])
+               + _records("adapter:" + key.format(2), "crypto", clear["old"], 2)
+               + _records("adapter:" + key.format(4), "crypto", clear["new"], 4))
+    zeros = {m: _records(m, "usb_stack", [0.0] * 8) for m in ("base", "adapter:" + key.format(4))}
+    close = {"base": _records("base", "gpio", [0.50, 0.40, 0.60, 0.55, 0.45, 0.50]),
+             "adapter:" + key.format(4): _records("adapter:" + key.format(4), "gpio", [0.52, 0.38, 0.61, 0.57, 0.44, 0.53])}
+    records += [r for recs in (*zeros.values(), *close.values()) for r in recs]
+    rows = [_row("base", "crypto", _records("base", "crypto", clear["base"])),
+            _row("external:claude", "crypto", _records("x", "crypto", clear["claude"])),
+            _row("adapter:" + key.format(2), "crypto", _records("x", "crypto", clear["old"]), 2, checkpoint=key.format(2)),
+            _row("adapter:" + key.format(4), "crypto", _records("x", "crypto", clear["new"]), 4, checkpoint=key.format(4)),
+            *[_row(m, "usb_stack", recs, 4 if m != "base" else -1, checkpoint=key.format(4) if m != "base" else "")
+              for m, recs in zeros.items()],
+            *[_row(m, "gpio", recs, 4 if m != "base" else -1, checkpoint=key.format(4) if m != "base" else "")
+              for m, recs in close.items()],
+            {"model": "external:claude", "category": "gpio", "split": "in_domain", "step": -1, "checkpoint": "",
+             "gen_token_accuracy": float("nan")},
+            {"model": "external:claude", "category": "crypto", "split": "held_out", "step": -1, "checkpoint": "",
+             "gen_token_accuracy": 0.99}]
+    winners = category_winners(rows, records, resamples=500)
+    assert {c: w["winner"] for c, w in winners.items()} == {"crypto": "external:claude", "usb_stack": None, "gpio": None}
+    assert [m for m, _ in winners["crypto"]["contenders"]] == ["external:claude", "adapter:" + key.format(4), "base"], \
+        "only the latest checkpoint competes; held-out rows do not count"
+    lo, hi = winners["crypto"]["interval"]
+    assert 0 < lo < winners["crypto"]["difference"] < hi
+    lo, hi = winners["gpio"]["interval"]
+    assert lo < 0 < hi, "a 1.5-point difference on six samples is inside the interval: a tie"
 
-    rows = [row("base", "crypto", 0.2), row("adapter:r--checkpoint-2", "crypto", 0.9, 2),
-            row("adapter:r--checkpoint-4", "crypto", 0.5, 4), row("external:claude", "crypto", 0.6),
-            row("base", "usb_stack", 0.4), row("adapter:r--checkpoint-4", "usb_stack", 0.3, 4),
-            row("external:claude", "usb_stack", float("nan")), row("base", "all", 1.0),
-            row("external:claude", "crypto", 0.99, split="held_out")]
-    winners = category_winners(rows)
-    assert {c: w["model"] for c, w in winners.items()} == {"crypto": "external:claude", "usb_stack": "base"}, \
-        "only the latest checkpoint competes; NaN never wins; held-out rows do not count"
+
+def test_intervals_wilson_bleu_and_paired_bootstrap():
+    import numpy as np
+    import sacrebleu
+
+    from spark_pipeline.evaluation import stats
+
+    assert stats.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert stats.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert stats.wilson(107, 107)[1] == 1.0 and stats.wilson(107, 107)[0] < 1.0
+    hyps = ["int main ( void ) { return 0 ; }", "GPIOA -> MODER |= 1 ;", "x = y + z ;"]
+    refs = ["int main ( void ) { return 0 ; }", "GPIOA -> ODR |= 1 ;", "x = y - z ;"]
+    assert stats.corpus_bleu_from(stats.bleu_statistics(hyps, refs)) == \
+        pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score), "BLEU from summed sentence statistics"
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.5, 0.1, 400)
+    lo, hi = stats.bootstrap(stats.mean_statistic(values), len(values))
+    assert lo < values.mean() < hi and hi - lo < 0.03
+    small_lo, small_hi = stats.bootstrap(stats.mean_statistic(values[:20]), 20)
+    assert small_hi - small_lo > 2 * (hi - lo), "fewer samples, wider interval"
+    # paired: a constant shift of 0.01 on every sample is real; independent noise of the same size is not
+    assert stats.excludes_zero(stats.paired(stats.mean_statistic(values + 0.01), stats.mean_statistic(values), 400))
+    noise = values + rng.normal(0, 0.1, 400) * 0 + rng.normal(0.0, 0.2, 400)
+    assert not stats.excludes_zero(stats.paired(stats.mean_statistic(noise - noise.mean() + values.mean()),
+                                                stats.mean_statistic(values), 400))
+
+
+def test_summary_rows_carry_intervals_and_flag_a_regression_against_the_base():
+    from spark_pipeline.evaluation.evaluate import EvalSettings, summarise
+
+    settings = EvalSettings(0.75, 8, 0, 2, 4, 2.0, min_samples_per_category=10, bootstrap_resamples=300)
+
+    def recs(model, nll_per_token):
+        return [{"model": model, "split": "in_domain", "category": "crypto", "sample_id": f"s{i}", "tokens": 50,
+                 "nll_sum": 50 * (nll_per_token + 0.05 * (i % 5)), "suffix_tokens": 12, "suffix_nll_sum": 12.0,
+                 "top1": 6, "top5": 9, "generated": False} for i in range(30)]
+
+    base = recs("base", 2.0)
+    for adapter_nll, flag in ((2.3, "regression"), (1.7, ""), (2.0, "")):
+        rows = summarise(base + recs("adapter:x", adapter_nll), settings, base)
+        row = next(r for r in rows if r["model"] == "adapter:x" and r["category"] == "crypto")
+        assert row["flag"] == flag, (adapter_nll, row["ppl_reduction_vs_base_lo"], row["ppl_reduction_vs_base_hi"])
+        assert row["perplexity_lo"] <= row["perplexity"] <= row["perplexity_hi"]
+        assert row["samples"] == 30 and row["few_samples"] is False
+    assert all(r["few_samples"] for r in summarise(base[:5], settings)), "fewer than min_samples_per_category"
+
+
+def test_batched_generation_gives_the_single_sample_answers():
+    from spark_pipeline.evaluation.metrics import generate_batch
+
+    model = build_base_model(SHAPE, seed=2).eval()
+    prefixes = [list(range(100, 130)), [7, 8, 9], list(range(2000, 2011)), [42] * 17, [5, 6, 7, 8, 9]]
+    alone = [generate_batch(model, [p], 12, 100257, 100277, "cpu", 1)[0] for p in prefixes]
+    batched = generate_batch(model, prefixes, 12, 100257, 100277, "cpu", 3)
+    assert batched == alone, "left padding and batching change no greedy answer"
+    assert all(len(a) == 12 for a in alone)
+
+
+def test_outliers_are_marked_and_left_out_of_winners_and_trends(tmp_path):
+    from spark_pipeline.defs.evaluation import _latest, category_winners, mark_outliers
+
+    key = "hero.20261122-093015-a3f1--checkpoint-{}"
+    rows = [{"model": f"adapter:{key.format(s)}", "checkpoint": key.format(s), "step": s, "split": "in_domain",
+             "category": "all", "perplexity": p, "gen_token_accuracy": 0.5} for s, p in ((2, 1.6), (4, 5.6), (6, 1.5))]
+    rows[2]["perplexity"] = 240345.0  # the last checkpoint blew up
+    mark_outliers(rows, [{"checkpoint": key.format(6)}])
+    assert [r["flag"] if "flag" in r else "" for r in rows] == ["", "", "outlier"]
+    assert _latest(rows) == ("hero.20261122-093015-a3f1", 4), "the latest checkpoint that is not an outlier"
+    crypto = [dict(r, category="crypto") for r in rows]
+    records = [{"model": r["model"], "split": "in_domain", "category": "crypto", "sample_id": "a", "generated": True,
+                "token_accuracy": 0.5} for r in crypto]
+    assert [m for m, _ in category_winners(crypto, records)["crypto"]["contenders"]] == [f"adapter:{key.format(4)}"]
+
+
+def test_the_outlier_check_blocks_and_a_regression_warns():
+    from spark_pipeline.defs.evaluation import evaluation_report
+
+    specs = {s.name: s for s in evaluation_report.check_specs}
+    assert specs["no_perplexity_outliers"].blocking and "no_regression_vs_base" in specs

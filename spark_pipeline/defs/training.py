@@ -12,6 +12,7 @@ from spark_pipeline.defs.resources import SparkConfig, SparkStorage
 from spark_pipeline.plots import embed_png
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
 from spark_pipeline.training.launch import base_model_folder, prepare_run, tokenizer_name, torchrun_command
+from spark_pipeline.training.model import base_identity
 from spark_pipeline.training.runs import latest_run_with_checkpoints, new_run_id
 from spark_pipeline.training.settings import TrainingSettings
 
@@ -130,6 +131,7 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     gpus = torch.cuda.device_count()
     nproc = config.nproc or (min(settings.gpus, gpus) if gpus else 1)
     base = base_model_folder(settings, storage.path())
+    lineage["base_model"] = base_identity(base)  # evaluation refuses the adapter on any other base
     upload_root = (config.upload or os.environ.get("SPARK_CHECKPOINT_URL", "")).rstrip("/")
     run_id, resume = _run_for(context, config, storage, upload_root)
     run_dir = storage.path("runs", config.run_name, run_id)

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_pipeline.evaluation.metrics import bleu4, exact_match, split_at, token_accuracy
+from spark_pipeline.evaluation.metrics import exact_match, split_at, token_accuracy
 from spark_pipeline.llm import ChatClient, JudgeError, LLMConfig, Usage
 
 SYSTEM = ("You complete source code. Reply with the exact continuation of the given code only: no explanation, "
@@ -41,39 +41,60 @@ class ExternalModel:
 
 
 def evaluate_external(spec: ExternalModel, samples: list[dict], tokenizer, max_new_tokens: int,
-                      per_category: int, split_fraction: float, cache_dir: Path) -> tuple[list[dict], dict]:
+                      per_category: int, split_fraction: float, cache_dir: Path,
+                      settings=None) -> tuple[list[dict], list[dict], dict]:
+    """``(rows, records, usage)``: rows as the local models' (generation columns only, with
+    their intervals), one record per answered sample (prompt hash, reference, generation,
+    per-sample metrics), and the API usage."""
+    import hashlib
+    import json
+
+    from spark_pipeline.evaluation import stats
+    from spark_pipeline.evaluation.evaluate import EvalSettings, sample_id, summarise
+
     usage = Usage()
     client = ChatClient(spec.config(max_new_tokens), cache_dir, usage)
     budget: dict[tuple[str, str], int] = defaultdict(int)
-    per_group: dict[tuple[str, str], list[tuple[list[int], list[int]]]] = defaultdict(list)
     errors: dict[tuple[str, str], int] = defaultdict(int)
+    name = f"external:{spec.name}"
+    records = []
     for s in samples:
         key = (s["split"], s["category"])
         if budget[key] >= per_category:
             continue
         budget[key] += 1
         cut = split_at(len(s["ids"]), split_fraction)
+        prompt = s["ids"][:cut]
         reference = s["ids"][cut:][:max_new_tokens]
         try:
-            answer = client.complete(SYSTEM, tokenizer.decode(s["ids"][:cut]))
+            answer = client.complete(SYSTEM, tokenizer.decode(prompt))
         except JudgeError:
             errors[key] += 1
             errors[(s["split"], "all")] += 1
             continue
         generated = tokenizer.encode(_FENCE.sub("", answer))[: max_new_tokens]
-        per_group[key].append((generated, reference))
-        per_group[(s["split"], "all")].append((generated, reference))
-    rows = []
-    for (split, category) in sorted(set(per_group) | set(errors)):
-        pairs = per_group.get((split, category), [])
-        nan = float("nan")
-        rows.append({
-            "model": f"external:{spec.name}", "split": split, "category": category, "samples": len(pairs),
-            "tokens": 0, "nll": nan, "perplexity": nan, "tf_loss": nan, "tf_top1": nan, "tf_top5": nan,
-            "gen_samples": len(pairs), "gen_errors": errors.get((split, category), 0),
-            "gen_token_accuracy": sum(token_accuracy(g, r) for g, r in pairs) / len(pairs) if pairs else nan,
-            "bleu4": bleu4([tokenizer.decode(g[: len(r)]) for g, r in pairs],
-                           [tokenizer.decode(r) for _, r in pairs]) if pairs else nan,
-            "exact_match": sum(exact_match(g, r) for g, r in pairs) / len(pairs) if pairs else nan,
-        })
-    return rows, usage.to_dict()
+        hyp, ref = tokenizer.decode(generated[: len(reference)]), tokenizer.decode(reference)
+        bleu_stats = stats.bleu_statistics([hyp], [ref])[0]
+        records.append({
+            "model": name, "split": s["split"], "category": s["category"], "pair_id": s.get("pair_id", ""),
+            "sample_id": sample_id(s),
+            "tokens": 0, "nll_sum": 0.0, "suffix_tokens": 0, "suffix_nll_sum": 0.0, "top1": 0, "top5": 0,
+            "generated": True, "prompt_sha256": hashlib.sha256(json.dumps(prompt).encode()).hexdigest(),
+            "prompt_tokens": cut, "reference": ref, "generation": tokenizer.decode(generated),
+            "reference_ids": reference, "generation_ids": generated,
+            "token_accuracy": token_accuracy(generated, reference), "exact_match": exact_match(generated, reference),
+            "bleu4": stats.corpus_bleu_from(bleu_stats[None, :]), "bleu_stats": bleu_stats.tolist(),
+            "compiles": None, "memorized_longest": None})
+    settings = settings or EvalSettings(split_fraction, max_new_tokens, 0, per_category, 1, 2.0)
+    rows = summarise(records, settings)
+    nan = float("nan")
+    for row in rows:  # a chat API gives no log-probabilities: no perplexity, no teacher forcing
+        row.update({"tokens": 0, "nll": nan, "perplexity": nan, "perplexity_lo": nan, "perplexity_hi": nan,
+                    "tf_loss": nan, "tf_top1": nan, "tf_top5": nan, "tf_top1_lo": nan, "tf_top1_hi": nan,
+                    "tf_top5_lo": nan, "tf_top5_hi": nan, "gen_errors": errors.get((row["split"], row["category"]), 0)})
+    answered = {(r["split"], r["category"]) for r in rows}
+    for split, category in sorted(set(errors) - answered):  # every request of the group failed
+        rows.append({"model": name, "split": split, "category": category, "samples": 0, "gen_samples": 0,
+                     "gen_errors": errors[(split, category)], "gen_token_accuracy": nan, "bleu4": nan,
+                     "exact_match": nan, "perplexity": nan, "flag": "", "few_samples": True})
+    return rows, records, usage.to_dict()

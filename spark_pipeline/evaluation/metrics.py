@@ -42,9 +42,9 @@ class SampleScores:
 
 @torch.no_grad()
 def score_samples(model, samples: list[list[int]], device="cpu", fraction: float = 0.75,
-                  batch_size: int = 8, pad_id: int = 0) -> list[SampleScores]:
+                  batch_size: int = 8, pad_id: int = 0, progress=None) -> list[SampleScores]:
     """One forward pass per sample (batched, right-padded) gives perplexity and the
-    teacher-forced suffix metrics together."""
+    teacher-forced suffix metrics together. ``progress(done)`` after every batch."""
     out: list[SampleScores] = []
     order = sorted(range(len(samples)), key=lambda i: -len(samples[i]))
     results: dict[int, SampleScores] = {}
@@ -70,6 +70,8 @@ def score_samples(model, samples: list[list[int]], device="cpu", fraction: float
             hits5 = (top5[row, suffix] == targets[row, suffix].unsqueeze(-1))
             results[i] = SampleScores(float(nll.sum()), n - 1, float(nll[suffix].sum()), n - cut,
                                       int(hits5[:, 0].sum()), int(hits5.any(-1).sum()))
+        if progress:
+            progress(start + len(idx))
     for i in range(len(samples)):
         out.append(results[i])
     return out
@@ -77,14 +79,6 @@ def score_samples(model, samples: list[list[int]], device="cpu", fraction: float
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:
     return math.exp(nll_sum / n_tokens) if n_tokens else float("nan")
-
-
-@torch.no_grad()
-def greedy_generate(model, prefix: list[int], max_new_tokens: int, eos_id: int, device="cpu") -> list[int]:
-    ids = torch.tensor([prefix], device=device)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id)
-    return out[0, len(prefix):].tolist()
 
 
 def token_accuracy(generated: list[int], reference: list[int]) -> float:
@@ -102,3 +96,30 @@ def bleu4(hypotheses: list[str], references: list[str]) -> float:
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+
+
+@torch.no_grad()
+def generate_batch(model, prefixes: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+                   device="cpu", batch_size: int = 8, progress=None) -> list[list[int]]:
+    """Greedy continuations of many prefixes, ``batch_size`` at a time (left-padded, longest
+    first so a batch wastes little), each cut after its first EOS as a single-sample
+    ``generate`` would stop there. ``progress(done)`` after every batch."""
+    order = sorted(range(len(prefixes)), key=lambda i: -len(prefixes[i]))
+    out: dict[int, list[int]] = {}
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start:start + max(1, batch_size)]
+        longest = max(len(prefixes[i]) for i in idx)
+        ids = torch.full((len(idx), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), longest), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, longest - len(prefixes[i]):] = torch.tensor(prefixes[i])
+            mask[row, longest - len(prefixes[i]):] = 1
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                   max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_id,
+                                   pad_token_id=pad_id)
+        for row, i in enumerate(idx):
+            new = generated[row, longest:].tolist()
+            out[i] = new[: new.index(eos_id) + 1] if eos_id in new else new
+        if progress:
+            progress(start + len(idx))
+    return [out[i] for i in range(len(prefixes))]

@@ -6,7 +6,8 @@
       rng_state_<rank>.pt              torch (CPU, CUDA), Python and numpy generators per rank
       trainer_state.json               step, rows consumed, data fingerprint, health, W&B run id
       lineage.json                     mixture hash, pair partitions and versions, cache key,
-                                       config hash, code version, W&B run id
+                                       base model identity, config hash, code version, W&B run id,
+                                       adapter sha256 and adapter digest (config + weights)
 
 Written into a temporary folder and renamed when complete; never overwritten afterwards
 (:mod:`.runs`). PEFT is told not to save the
@@ -58,6 +59,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def adapter_digest(folder: Path) -> str:
+    """sha256 over the adapter's config and weights together: what makes the adapter act as it
+    does (rank, alpha, rsLoRA, target modules as much as the tensors)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update(name.encode() + b"\0" + sha256_file(Path(folder) / name).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def save_checkpoint(folder: Path, model, optimizer, scheduler, trainer_state: dict, lineage: dict, rank: int,
                     world: int, barrier=None) -> Path:
     """Rank 0 writes the shared files; every rank writes its RNG state. A complete checkpoint
@@ -84,7 +96,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, trainer_state: di
         atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "world_size": world})
         adapter = tmp / "adapter_model.safetensors"
         atomic_write_json(tmp / "lineage.json", {**lineage, "adapter_sha256": sha256_file(adapter),
-                                                 "step": trainer_state["step"]})
+                                                 "adapter_digest": adapter_digest(tmp), "step": trainer_state["step"]})
     if barrier:
         barrier()
     if rank == 0:

@@ -103,3 +103,38 @@ def split_parameter_groups(model) -> tuple[list, list]:
             continue
         (embed if any(f".{m}." in name or name.endswith(m) for m in EMBEDDING_MODULES) else main).append(param)
     return embed, main
+
+
+def base_identity(folder: Path) -> dict:
+    """What base model a folder holds: its name (``_name_or_path`` in config.json, else the
+    folder's name), its revision (a Hugging Face snapshot folder is named by the commit;
+    otherwise unknown) and the sha256 over its weight files. The hash of a 7B model takes tens
+    of seconds, so it is remembered beside the weights (keyed by file names, sizes and mtimes)
+    when the folder is writable."""
+    import hashlib
+    import json
+    import re
+
+    from spark_pipeline.records import sha256_file
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    key = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    memo = folder / ".spark_weights_sha256.json"
+    digest = None
+    if memo.exists():
+        saved = json.loads(memo.read_text())
+        digest = saved["weights_sha256"] if saved.get("files") == key else None
+    if digest is None:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+        digest = h.hexdigest()
+        try:
+            memo.write_text(json.dumps({"files": key, "weights_sha256": digest}))
+        except OSError:
+            pass  # a read-only model folder: hashed again next time
+    revision = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else ""
+    return {"name": config.get("_name_or_path") or folder.name, "revision": revision, "weights_sha256": digest,
+            "path": str(folder)}

@@ -1,0 +1,114 @@
+"""How sure a number is: bootstrap intervals over evaluation samples, paired comparisons
+between two models on the same samples, and Wilson intervals for pass rates.
+
+Every per-category metric of the tables is a function of per-sample quantities (perplexity:
+summed NLL over summed tokens; top-k: hits over suffix tokens; token accuracy: mean over
+generated samples; BLEU-4: sacrebleu's corpus BLEU from summed n-gram statistics). A
+bootstrap resamples the samples with replacement ``resamples`` times (seeded, so a table is
+reproducible) and takes the 2.5th and 97.5th percentiles of the metric: a percentile interval
+at 95%. A *paired* comparison resamples the same sample indices for both models and gives the
+interval of the difference; a difference whose interval holds 0 is not a difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+LEVEL = 0.95
+RESAMPLES = 1000
+
+
+def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, resamples: int = RESAMPLES,
+              seed: int = 0) -> tuple[float, float]:
+    """Interval of ``statistic`` over ``n`` samples. ``statistic`` takes an index matrix
+    ``(resamples, n)`` and returns one value per row (vectorised)."""
+    if n < 2:
+        return float("nan"), float("nan")
+    return _interval(statistic(_indices(n, resamples, seed)))
+
+
+def ratio_statistic(numerator, denominator, transform=None):
+    """sum(numerator[idx]) / sum(denominator[idx]) per resample, optionally transformed
+    (``np.exp`` for perplexity from NLL and token counts)."""
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        d = den[idx].sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            value = np.where(d > 0, num[idx].sum(axis=1) / d, np.nan)
+            return transform(value) if transform else value
+
+    return statistic
+
+
+def mean_statistic(values):
+    v = np.asarray(values, dtype=float)
+    return lambda idx: v[idx].mean(axis=1)
+
+
+def bleu_statistics(hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """Per sentence: sys_len, ref_len, matches (4), totals (4), as sacrebleu counts them."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU()
+    rows = []
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        s = bleu.corpus_score([hyp], [[ref]])  # one sentence's counts, as the corpus score sums them
+        rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    return np.asarray(rows, dtype=float).reshape(-1, 10)
+
+
+def corpus_bleu_from(stats: np.ndarray) -> float:
+    """Corpus BLEU-4 from summed sentence statistics: equal to ``sacrebleu.corpus_bleu``."""
+    from sacrebleu.metrics import BLEU
+
+    total = stats.sum(axis=0)
+    return float(BLEU.compute_bleu([int(x) for x in total[2:6]], [int(x) for x in total[6:10]],
+                                   int(total[0]), int(total[1])).score)
+
+
+def bleu_statistic(stats: np.ndarray):
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        return np.array([corpus_bleu_from(total[None, :]) for total in stats[idx].sum(axis=1)])
+
+    return statistic
+
+
+def paired(statistic_a, statistic_b, n: int, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Interval of statistic_a - statistic_b, both on the same resampled sample indices."""
+    if n < 2:
+        return float("nan"), float("nan")
+    idx = _indices(n, resamples, seed)
+    return _interval(statistic_a(idx) - statistic_b(idx))
+
+
+def excludes_zero(interval: tuple[float, float]) -> bool:
+    lo, hi = interval
+    return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
