@@ -398,8 +398,12 @@ def _winners_markdown(winners: dict[str, dict]) -> str:
              "|---|---|---|---|"]
     for category, w in winners.items():
         lo, hi = w["interval"]
-        diff = "" if math.isnan(w["difference"]) else f"{w['difference']:.3f}" + (
-            f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else " (no paired samples)")
+        if math.isnan(w["difference"]):
+            diff = "(one contender)"
+        elif w["difference"] == 0:
+            diff = "0.000 (equal)"
+        else:
+            diff = f"{w['difference']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else " (no paired samples)")
         lines.append(f"| {category} | {w['winner'] or 'tie'} | "
                      + ", ".join(f"{m} {v:.3f}" for m, v in w["contenders"]) + f" | {diff} |")
     return "\n".join(lines) + "\n"
