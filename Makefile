@@ -7,6 +7,8 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export SPARK_STORAGE ?= $(CURDIR)/.spark_storage
 export DAGSTER_MODULE_NAME ?= spark_pipeline.definitions
 PYTEST_ARGS ?=
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 
 .PHONY: setup demo test lint bench ui clean
 
@@ -30,8 +32,12 @@ bench: setup
 	$(PY) benchmarks/tokenize_bench.py
 	$(PY) benchmarks/resume_bench.py
 
+# `dg dev` (webserver and daemon) finds the code location in pyproject.toml's [tool.dg]. DAGSTER_MODULE_NAME,
+# exported above for the older `dagster` CLI, is left out: with it the webserver got two code targets and
+# refused to start without a word. The port is a variable: make ui UI_PORT=3001
 ui: setup
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+	@echo "Dagster UI on http://$(UI_HOST):$(UI_PORT) (Ctrl-C to stop)"
+	env -u DAGSTER_MODULE_NAME $(VENV)/bin/dg dev -h $(UI_HOST) -p $(UI_PORT)
 
 clean:
 	rm -rf .spark_storage .dagster_home

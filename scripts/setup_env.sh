@@ -55,12 +55,14 @@ $PIP install -q -e ".[dev]"
 
 # After `. .venv/bin/activate`, plain `dagster asset materialize --select X` finds the code
 # location and the project's instance, as under make.
-if ! grep -q "DAGSTER_MODULE_NAME" "$VENV/bin/activate"; then
+# A DAGSTER_HOME that does not exist yet is created with the project's dagster.yaml.
+if ! grep -q "spark-pipeline activate v2" "$VENV/bin/activate"; then
     ROOT="$(pwd)"
     cat >> "$VENV/bin/activate" <<ACT
-# spark-pipeline: the code location and the local instance
+# spark-pipeline activate v2: the code location and the local instance
 export DAGSTER_MODULE_NAME=spark_pipeline.definitions
 export DAGSTER_HOME="\${DAGSTER_HOME:-$ROOT/.dagster_home}"
+mkdir -p "\$DAGSTER_HOME" && { [ -f "\$DAGSTER_HOME/dagster.yaml" ] || cp "$ROOT/dagster.yaml" "\$DAGSTER_HOME/dagster.yaml"; }
 ACT
 fi
 touch "$STAMP"

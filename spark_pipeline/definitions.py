@@ -14,7 +14,12 @@ from spark_pipeline.defs.evaluation import (
     new_checkpoints_sensor,
     reevaluation_schedule,
 )
-from spark_pipeline.defs.pairs import new_pairs_sensor, pairs_partitions, repo_datasheet_pairs
+from spark_pipeline.defs.pairs import (
+    new_pairs_sensor,
+    pairs_partitions,
+    repo_datasheet_pairs,
+    spark_automation_sensor,
+)
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
 from spark_pipeline.defs.specmap import specmap_mappings
 from spark_pipeline.defs.training import tokenized_cache, train_hero
@@ -33,7 +38,7 @@ defs = dg.Definitions(
             tokenized_cache, train_hero, checkpoints, checkpoint_eval, code_regression, external_baselines,
             evaluation_report],
     jobs=[specmap_job, pair_job],
-    sensors=[new_pairs_sensor, new_checkpoints_sensor],
+    sensors=[new_pairs_sensor, new_checkpoints_sensor, spark_automation_sensor],
     schedules=[reevaluation_schedule],
     resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig(),
                "pipes_subprocess_client": dg.PipesSubprocessClient()},

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,26 +42,40 @@ def _graphql(port: int, query: str) -> dict:
 
 
 @pytest.mark.slow
-def test_cli_materializes_and_webserver_shows_the_graph(storage):
-    done = _dagster("asset", "materialize", "--select", "repo_datasheet_pairs")
+def test_cli_materializes_and_webserver_shows_the_graph(storage, monkeypatch, tmp_path):
+    # the README's form: the venv activated, a DAGSTER_HOME that does not exist yet, the current CLI
+    home = tmp_path / "fresh" / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_MODULE_NAME"}
+    done = subprocess.run(["bash", "-c", f". {BIN / 'activate'} && dg launch --assets repo_datasheet_pairs"],
+                          cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert (home / "dagster.yaml").read_text() == (PROJECT_DIR / "dagster.yaml").read_text(), \
+        "the missing DAGSTER_HOME was created with the project's instance settings"
+    assert not [line for line in (done.stdout + done.stderr).splitlines()
+                if "Warning" in line or "deprecat" in line.lower()], "no deprecation or supersession warning"
     assert (storage / "pairs" / "skm6_imu_i2c" / "pair.json").exists()
     mapped = _dagster("asset", "materialize", "--select", "specmap_mappings", "--partition", "cm4_startup_asm")
     assert mapped.returncode == 0, mapped.stderr[-2000:]
     assert (storage / "specmap" / "cm4_startup_asm" / "mapping.txt").exists()
 
+    # the README's door: `make ui` (dagster dev: webserver and daemon), with the CLI's environment
+    # (DAGSTER_MODULE_NAME exported, as the Makefile and the venv's activate script do)
     port = _free_port()
-    server = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)],
-                              cwd=PROJECT_DIR, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(Path(os.environ["DAGSTER_HOME"]) / "make_ui.log", "w+b")  # noqa: SIM115 - read after the server stops
+    server = subprocess.Popen(["make", "--no-print-directory", "ui", f"UI_PORT={port}", f"VENV={BIN.parent}"],
+                              cwd=PROJECT_DIR, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 150
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
                     break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError("webserver did not start: " + server.stderr.read().decode()[-2000:]) from None
+                    log.seek(0)
+                    raise AssertionError("make ui did not serve the UI: " + log.read().decode()[-3000:]) from None
                 time.sleep(0.5)
         nodes = _graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } isPartitioned "
                                "partitionKeys } }")["data"]["assetNodes"]
@@ -77,11 +92,14 @@ def test_cli_materializes_and_webserver_shows_the_graph(storage):
                               '{ assetMaterializations(limit: 5) { partition } } } }')
         assert [m["partition"] for m in mats["data"]["assetOrError"]["assetMaterializations"]] == ["cm4_startup_asm"]
     finally:
-        server.terminate()
+        # make, dagster dev, its webserver, daemon and code servers: the session this test started
+        os.killpg(server.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
 
 
 def test_cli_reports_an_unknown_partition(storage):

@@ -43,6 +43,9 @@ def test_corpus_assets_materialize_with_checks_and_metadata(built):
     quality = built["results"]["skm6_imu_i2c"]
     assert _checks(quality) == {"samples_within_length_bounds": True, "every_section_has_status": True,
                                "file_paths_exist_at_revision": True}
+    for pair, result in built["results"].items():  # each check result names its pair partition
+        assert {e.metadata["partition"].value for e in result.get_asset_check_evaluations()} == {pair}
+        assert all(e.description == f"pair {pair}" for e in result.get_asset_check_evaluations())
     q_meta = quality.asset_materializations_for_node("quality_samples")[0].metadata
     assert q_meta["kept"].value > 0 and "data:image/png;base64," in q_meta["length_histogram"].value
     c_meta = quality.asset_materializations_for_node("section_chunks")[0].metadata
@@ -98,6 +101,45 @@ def test_domain_general_recipe_from_run_config(built):
     meta = result.asset_materializations_for_node("training_mixture")[0].metadata
     recipe = meta["recipe"].value
     assert recipe["name"] == "domain_general" and 0 < recipe["general_fraction_achieved"] <= 0.2 + 0.02
+
+
+def test_a_pair_added_to_the_manifest_ends_in_a_new_mixture_with_automation_on(built, tmp_path):
+    """The sensor registers the new pair from the manifest the pairs came from and requests
+    its whole chain; declarative automation then brings eval_sets and training_mixture up to
+    date, once. (Old behaviour: the sensor requested SpecMap only, and nothing followed.)"""
+    from spark_pipeline.defs.pairs import new_pairs_sensor
+
+    instance, storage = built["instance"], built["storage"]
+    # the automation sensor ticks all along: a first evaluation on the built corpus requests nothing
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert baseline.total_requested == 0
+    write_manifest(tmp_path / "pairs.yaml", [sample_entry(p) for p in [*PAIRS, "sx8_gpio_expander_dt"]])
+
+    def run_request(request):
+        result = dg.materialize(ASSETS, selection=request.asset_selection, partition_key=request.partition_key,
+                                instance=instance, resources=dagster_resources(storage),
+                                run_config=request.run_config or {})
+        assert result.success
+
+    register = new_pairs_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(register, dg.RunRequest)
+    run_request(register)
+    [chain] = new_pairs_sensor(dg.build_sensor_context(instance=instance))
+    assert chain.partition_key == "sx8_gpio_expander_dt"
+    run_request(chain)
+
+    evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+    requested = {a for a in ("eval_sets", "training_mixture", "tokenized_cache", "train_hero", "evaluation_report")
+                 if evaluation.get_num_requested(dg.AssetKey(a))}
+    assert requested == {"eval_sets", "training_mixture"}, requested
+    assert evaluation.total_requested == 2, "nothing else runs by itself (no training, no SpecMap)"
+    result = dg.materialize(ASSETS, selection=["eval_sets", "training_mixture"], instance=instance,
+                            resources=dagster_resources(storage))
+    assert result.success
+    manifest = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
+    assert "sx8_gpio_expander_dt" in manifest["pairs"]
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=evaluation.cursor)
+    assert again.total_requested == 0, "up to date: nothing requested again"
 
 
 def test_mixture_before_eval_sets_says_what_to_do(storage):
@@ -216,6 +258,7 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     run_id = key.split(".", 1)[1].split("--")[0]
     folder = storage / "runs" / "hero" / run_id / "checkpoints" / "checkpoint-2"
 
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the automation sensor ticking
     ev = built["run"](["checkpoints", "checkpoint_eval"], key)
     assert ev.success
     checks = {e.check_name: e.passed for e in ev.get_asset_check_evaluations()}
@@ -270,6 +313,8 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert {r["difficulty"] for r in code_rows} == {"all", "easy", "medium", "hard"}
     assert all(0 <= r["pass_rate"] <= r["compile_rate"] <= 1 for r in code_rows)
 
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+    assert automation.get_num_requested(dg.AssetKey("evaluation_report")) == 1, "a new table updates the report"
     report = built["run"](["evaluation_report"])
     assert report.success
     meta = report.asset_materializations_for_node("evaluation_report")[0].metadata

@@ -131,6 +131,27 @@ def test_sensor_registers_then_requests_specmap(instance, storage, monkeypatch, 
     assert _register(instance, storage, manifest).success
     second = new_pairs_sensor(dg.build_sensor_context(instance=instance))
     assert [r.partition_key for r in second] == ["skm6_imu_i2c"]
+    assert set(second[0].asset_selection) == {dg.AssetKey(a) for a in ("specmap_mappings", "section_chunks",
+                                                                        "quality_samples")}, "the whole pair chain"
     assert _specmap(instance, storage, "skm6_imu_i2c").success
     third = new_pairs_sensor(dg.build_sensor_context(instance=instance))
-    assert isinstance(third, dg.SkipReason)
+    assert [r.partition_key for r in third] == ["skm6_imu_i2c"], "mapped but not sampled: not done yet"
+    done = dg.materialize(list(defs.assets), selection=["section_chunks", "quality_samples"], partition_key="skm6_imu_i2c",
+                          instance=instance, resources=dagster_resources(storage))
+    assert done.success
+    fourth = new_pairs_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(fourth, dg.SkipReason) and "mapped and sampled" in fourth.skip_message
+
+
+def test_sensor_watches_the_manifest_the_pairs_were_registered_from(instance, storage, monkeypatch, tmp_path):
+    """Old behaviour: the sensor read $SPARK_PAIRS_MANIFEST (here: unset, the bundled sample)
+    and ignored the manifest given in the launch config."""
+    from spark_pipeline.defs.pairs import new_pairs_sensor
+
+    manifest = write_manifest(tmp_path / "mine.yaml", [sample_entry("skm6_imu_i2c")])
+    assert _register(instance, storage, manifest).success
+    assert [r.partition_key for r in new_pairs_sensor(dg.build_sensor_context(instance=instance))] == ["skm6_imu_i2c"]
+    write_manifest(manifest, [sample_entry("skm6_imu_i2c"), sample_entry("cm4_startup_asm")])
+    request = new_pairs_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_config["ops"]["repo_datasheet_pairs"]["config"]["manifest"] == str(manifest)

@@ -23,7 +23,7 @@ from spark_pipeline.corpus.parquet import (
 from spark_pipeline.corpus.settings import CorpusSettings
 from spark_pipeline.corpus.stages import chunk_rows, reason_counts, sample_rows
 from spark_pipeline.defs.pairs import pairs_partitions
-from spark_pipeline.defs.resources import SparkConfig, SparkStorage
+from spark_pipeline.defs.resources import AFTER_UPSTREAM, SparkConfig, SparkStorage
 from spark_pipeline.plots import bar_chart, embed_png, histogram
 from spark_pipeline.records import atomic_write_json
 from spark_pipeline.settings import SAMPLE_DIR
@@ -122,7 +122,8 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
                   "lineage": dg.MetadataValue.json(lineage)},
         data_version=dg.DataVersion(digest[:16]),
         check_results=[dg.AssetCheckResult(check_name="samples_within_length_bounds", passed=ok,
-                                           metadata={"outside": dg.MetadataValue.json(bad[:20])})],
+                                           description=f"pair {pair_id}",
+                                           metadata={"partition": pair_id, "outside": dg.MetadataValue.json(bad[:20])})],
     )
 
 
@@ -178,6 +179,7 @@ def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list
 @dg.asset(
     group_name="corpus",
     deps=["quality_samples"],
+    automation_condition=AFTER_UPSTREAM,
     code_version="1",
     description="§3.4: the in-domain set (stratified per category from the tail of each category's "
     "shards, kept out of training) and the held-out set (pairs flagged held_out). <storage>/corpus/eval/",
@@ -224,6 +226,7 @@ class MixtureConfig(dg.Config):
 @dg.asset(
     group_name="corpus",
     deps=["quality_samples", "eval_sets"],
+    automation_condition=AFTER_UPSTREAM,
     code_version="1",
     description="Stage 4 (§3.2): samples in strict pipeline order (no shuffling, recorded as `seq`), cut "
     "to 2,048 tokens at 4 chars/token on a boundary, EOS appended, decontaminated against eval_sets, "

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_pipeline.defs.resources import SparkConfig, SparkStorage
+from spark_pipeline.defs.resources import AFTER_UPSTREAM, SparkConfig, SparkStorage
 from spark_pipeline.evaluation.evaluate import (
     EvalSettings,
     EvaluationError,
@@ -233,8 +233,9 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
                       {"below": ev.min_samples_per_category, "categories": few}),
                   "base_model": dg.MetadataValue.json(sanity["base_model"]), "dtype": settings.dtype,
                   "lineage_sha256": rows[0]["lineage_sha256"], "sanity": dg.MetadataValue.json(sanity)},
-        check_results=[dg.AssetCheckResult(check_name="adapter_loaded", passed=True,
-                                           metadata={"max_logit_difference": sanity["max_logit_difference"],
+        check_results=[dg.AssetCheckResult(check_name="adapter_loaded", passed=True, description=f"checkpoint {key}",
+                                           metadata={"partition": key,
+                                                     "max_logit_difference": sanity["max_logit_difference"],
                                                      "adapter_digest": sanity["adapter_digest_actual"]})],
     )
 
@@ -422,6 +423,7 @@ def mark_outliers(rows: list[dict], outliers: list[dict]) -> list[dict]:
     group_name="evaluation",
     deps=["checkpoint_eval", "code_regression", "external_baselines"],
     code_version=EVAL_CODE_VERSION,
+    automation_condition=AFTER_UPSTREAM,
     description="Every checkpoint's tables (and the external baselines') gathered: report.parquet, report.md and the plots (perplexity over "
     "checkpoints, per category, the improvement heatmap, token accuracy and BLEU-4), every number with its 95% "
     "interval; outlier checkpoints marked and left out of trends and winners; winners only outside the interval. "

@@ -70,31 +70,58 @@ def repo_datasheet_pairs(context: dg.AssetExecutionContext, config: PairsConfig,
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
 
+def _manifest_in_use(instance: dg.DagsterInstance) -> tuple[Path, dict]:
+    """The manifest the pairs were last registered from (a manifest given in the launch config
+    stays the one watched), else $SPARK_PAIRS_MANIFEST or the bundled sample; and the run
+    config that reads it again."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("repo_datasheet_pairs"))
+    entry = event.asset_materialization.metadata.get("manifest") if event and event.asset_materialization else None
+    manifest = Path(entry.value) if entry is not None else settings.default_manifest()
+    config = {"ops": {"repo_datasheet_pairs": {"config": {"manifest": str(manifest)}}}}
+    return manifest, config
+
+
+PER_PAIR = ["specmap_mappings", "section_chunks", "quality_samples"]
+
+
 @dg.sensor(
     name="new_pairs_sensor",
-    description="Watches the pairs manifest: registers new pairs, then requests SpecMap for every "
-    "pair partition that has a record but no mapping yet. Nothing else is re-run.",
+    description="Watches the pairs manifest (the one the pairs were last registered from): registers new pairs, "
+    "then requests SpecMap, chunks and quality samples for every registered pair that has no samples yet. "
+    "With automation on (spark_automation_sensor), the evaluation sets and the mixture follow.",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
-    asset_selection=["repo_datasheet_pairs", "specmap_mappings"],
+    asset_selection=["repo_datasheet_pairs", *PER_PAIR],
 )
 def new_pairs_sensor(context: dg.SensorEvaluationContext):
-    manifest = settings.default_manifest()
+    manifest, run_config = _manifest_in_use(context.instance)
     try:
         wanted = [p.id for p in read_manifest(manifest)[0]]  # bad entries are repo_datasheet_pairs' to report
     except ManifestError as exc:
-        return dg.SkipReason(str(exc))
+        return dg.SkipReason(f"{manifest}: {exc}")
     registered = set(context.instance.get_dynamic_partitions(pairs_partitions.name))
     missing = [pid for pid in wanted if pid not in registered]
     if missing:
-        return dg.RunRequest(run_key=f"pairs:{','.join(missing)}", asset_selection=[dg.AssetKey("repo_datasheet_pairs")])
+        return dg.RunRequest(run_key=f"pairs:{manifest}:{','.join(missing)}", run_config=run_config,
+                             asset_selection=[dg.AssetKey("repo_datasheet_pairs")])
     storage = settings.storage_root()
-    done = context.instance.get_materialized_partitions(dg.AssetKey("specmap_mappings"))
-    requests = []
+    done = context.instance.get_materialized_partitions(dg.AssetKey("quality_samples"))
+    requests, unprepared = [], []
     for pid in wanted:
         if not record_path(storage, pid).exists():
-            continue
-        if pid not in done:
-            requests.append(dg.RunRequest(run_key=f"specmap:{pid}", partition_key=pid,
-                                          asset_selection=[dg.AssetKey("specmap_mappings")]))
-    return requests or dg.SkipReason("every pair in the manifest is registered and mapped")
+            unprepared.append(pid)
+        elif pid not in done:
+            requests.append(dg.RunRequest(run_key=f"pair:{pid}", partition_key=pid,
+                                          asset_selection=[dg.AssetKey(a) for a in PER_PAIR]))
+    if requests:
+        return requests
+    if unprepared:
+        return dg.SkipReason(f"{len(unprepared)} pair(s) of {manifest} have no record (their preparation failed; "
+                             f"see repo_datasheet_pairs' metadata): {', '.join(unprepared)}")
+    return dg.SkipReason(f"every pair of {manifest} is registered, mapped and sampled")
+
+
+spark_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "spark_automation_sensor", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Declarative automation: eval_sets and training_mixture after new quality samples, "
+    "evaluation_report after new checkpoint tables. Switch it on with the two sensors for hands-free runs.")

@@ -64,3 +64,11 @@ class SpecMapJudge(dg.ConfigurableResource):
             llm = LLMConfig(provider=self.provider, model=self.model, base_url=self.base_url,
                             api_key_env=self.api_key_env)
         return make_judge(self.kind, cache_dir, llm, SelectionRule(self.min_raw, self.rel_cut))
+
+
+#: Declarative automation for the assets that gather every pair or every checkpoint: run when
+#: an upstream partition was updated (a new pair's samples, a new checkpoint's table) and
+#: nothing upstream is in progress. Unlike plain ``eager``, a pair whose samples are missing
+#: (its SpecMap failed) does not hold the mixture back: the stages leave such pairs out and say so.
+AFTER_UPSTREAM = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()).with_label(
+    "after an upstream update")

@@ -110,12 +110,12 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
         data_version=dg.DataVersion(meta["mapping_sha256"][:16]),
         check_results=[
             dg.AssetCheckResult(
-                check_name=CHECK_STATUS, passed=checks["status_ok"],
-                metadata={"sections": checks["sections"],
+                check_name=CHECK_STATUS, passed=checks["status_ok"], description=f"pair {context.partition_key}",
+                metadata={"partition": context.partition_key, "sections": checks["sections"],
                           "without_status": dg.MetadataValue.json(checks["without_status"][:20])}),
             dg.AssetCheckResult(
-                check_name=CHECK_PATHS, passed=checks["paths_ok"],
-                metadata={"file_markers": checks["file_markers"],
+                check_name=CHECK_PATHS, passed=checks["paths_ok"], description=f"pair {context.partition_key}",
+                metadata={"partition": context.partition_key, "file_markers": checks["file_markers"],
                           "missing": dg.MetadataValue.json(checks["missing_paths"][:50])}),
         ],
     )
