@@ -68,6 +68,13 @@ def test_corpus_assets_materialize_with_checks_and_metadata(built):
     assert in_domain and not train_hashes & {r["sample_hash"] for r in in_domain}
     m_meta = built["mix"].asset_materializations_for_node("training_mixture")[0].metadata
     assert m_meta["samples"].value == len(rows) and m_meta["mixture_hash"].value == manifest["mixture_hash"]
+    assert m_meta["dagster/row_count"].value == len(rows), "the UI's row count"
+    assert "text" in {c.name for c in m_meta["dagster/column_schema"].schema.columns}
+    from spark_pipeline.definitions import defs as all_defs
+
+    for asset in all_defs.assets:  # what a person sees on the asset pages
+        spec = asset.specs_by_key[asset.key]
+        assert spec.kinds and spec.owners and "<" not in (spec.description or ""), asset.key
 
 
 def test_lineage_and_byte_identical_rematerialization(built):

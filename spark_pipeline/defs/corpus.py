@@ -23,7 +23,13 @@ from spark_pipeline.corpus.parquet import (
 from spark_pipeline.corpus.settings import CorpusSettings
 from spark_pipeline.corpus.stages import chunk_rows, reason_counts, sample_rows
 from spark_pipeline.defs.pairs import pairs_partitions
-from spark_pipeline.defs.resources import AFTER_UPSTREAM, SparkConfig, SparkStorage
+from spark_pipeline.defs.resources import (
+    AFTER_UPSTREAM,
+    OWNERS,
+    SparkConfig,
+    SparkStorage,
+    parquet_table_metadata,
+)
 from spark_pipeline.plots import bar_chart, embed_png, histogram
 from spark_pipeline.records import atomic_write_json
 from spark_pipeline.settings import SAMPLE_DIR
@@ -39,12 +45,15 @@ def _json(path: Path) -> dict:
 
 
 @dg.asset(
+    kinds={'parquet'},
+    owners=OWNERS,
+    tags={"stage": "corpus"},
     group_name="corpus",
     partitions_def=pairs_partitions,
     deps=["specmap_mappings"],
     code_version="1",
     description="Stage 2 (§3.2): the pair's mapping file split at its section separators; large "
-    "sections at // File: markers, then function, then statement boundaries. <storage>/corpus/chunks/<pair>.parquet",
+    "sections at // File: markers, then function, then statement boundaries. {storage}/corpus/chunks/{pair}.parquet",
 )
 def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     pair_id = context.partition_key
@@ -69,18 +78,21 @@ def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spa
                   "characters": sum(len(r["text"]) for r in rows),
                   "workers": settings.chunking.workers_for(mapping.stat().st_size),
                   "path": dg.MetadataValue.path(str(out / f"{pair_id}.parquet")),
-                  "lineage": dg.MetadataValue.json(lineage)},
+                  "lineage": dg.MetadataValue.json(lineage), **parquet_table_metadata(out / f"{pair_id}.parquet")},
         data_version=dg.DataVersion(digest[:16]),
     )
 
 
 @dg.asset(
+    kinds={'parquet'},
+    owners=OWNERS,
+    tags={"stage": "corpus"},
     group_name="corpus",
     partitions_def=pairs_partitions,
     deps=["section_chunks"],
     code_version="1",
     description="Stage 3 (§3.2): garbage cleaning and the quality filter; every rejection kept with its "
-    "reason. <storage>/corpus/samples/<pair>.parquet and corpus/rejections/<pair>.parquet",
+    "reason. {storage}/corpus/samples/{pair}.parquet and corpus/rejections/{pair}.parquet",
     check_specs=[dg.AssetCheckSpec("samples_within_length_bounds", asset="quality_samples",
                                    description="Every kept sample has 50..7,500 characters (the profile's bounds).")],
 )
@@ -110,7 +122,8 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
         categories[r["category"]] = categories.get(r["category"], 0) + 1
         rules[f"{r['category']} by {r['category_rule']}"] = rules.get(f"{r['category']} by {r['category_rule']}", 0) + 1
     yield dg.MaterializeResult(
-        metadata={"chunks_in": len(chunks), "kept": len(kept), "rejected": len(rejected),
+        metadata={**parquet_table_metadata(storage.path("corpus", "samples", f"{pair_id}.parquet")),
+                  "chunks_in": len(chunks), "kept": len(kept), "rejected": len(rejected),
                   "rejected_in_chunking": len(carried),
                   "rejections_by_reason": dg.MetadataValue.json(reason_counts(all_rejected)),
                   "categories": dg.MetadataValue.json(dict(sorted(categories.items()))),
@@ -177,12 +190,15 @@ def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list
 
 
 @dg.asset(
+    kinds={'parquet'},
+    owners=OWNERS,
+    tags={"stage": "corpus"},
     group_name="corpus",
     deps=["quality_samples"],
     automation_condition=AFTER_UPSTREAM,
     code_version="1",
     description="§3.4: the in-domain set (stratified per category from the tail of each category's "
-    "shards, kept out of training) and the held-out set (pairs flagged held_out). <storage>/corpus/eval/",
+    "shards, kept out of training) and the held-out set (pairs flagged held_out). {storage}/corpus/eval/",
 )
 def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     settings = _settings(spark_config)
@@ -207,7 +223,8 @@ def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_co
                "skipped_pairs": skipped, "per_category": dict(sorted(per_category.items())), "lineage": lineage}
     atomic_write_json(out / "eval.json", summary)
     return dg.MaterializeResult(
-        metadata={"in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
+        metadata={**parquet_table_metadata(out / "in_domain.parquet", out / "held_out.parquet"),
+                  "in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
                   "duplicates_dropped": dg.MetadataValue.json(summary["duplicates_dropped"]),
                   "skipped_pairs": dg.MetadataValue.json(skipped),
                   "per_category": dg.MetadataValue.json(summary["per_category"]),
@@ -224,13 +241,16 @@ class MixtureConfig(dg.Config):
 
 
 @dg.asset(
+    kinds={'parquet'},
+    owners=OWNERS,
+    tags={"stage": "corpus"},
     group_name="corpus",
     deps=["quality_samples", "eval_sets"],
     automation_condition=AFTER_UPSTREAM,
     code_version="1",
     description="Stage 4 (§3.2): samples in strict pipeline order (no shuffling, recorded as `seq`), cut "
     "to 2,048 tokens at 4 chars/token on a boundary, EOS appended, decontaminated against eval_sets, "
-    "written as Parquet shards + manifest.json. <storage>/corpus/mixture/",
+    "written as Parquet shards + manifest.json. {storage}/corpus/mixture/",
     check_specs=[
         dg.AssetCheckSpec("rows_end_with_eos", asset="training_mixture", description="Every row ends with the EOS text."),
         dg.AssetCheckSpec("seq_strictly_increasing", asset="training_mixture",
@@ -283,7 +303,8 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
                                                     len(read_rows(mixture_dir / "duplicates.parquet")),
                                                     len(read_rows(mixture_dir / "contamination.parquet")))
     yield dg.MaterializeResult(
-        metadata={"samples": manifest["samples"], "characters": manifest["characters"],
+        metadata={**parquet_table_metadata(*(mixture_dir / shard["file"] for shard in manifest["shards"])),
+                  "samples": manifest["samples"], "characters": manifest["characters"],
                   "estimated_tokens": manifest["estimated_tokens"], "shards": len(manifest["shards"]),
                   "recipe": dg.MetadataValue.json(manifest["recipe"]),
                   "categories": dg.MetadataValue.json(cats),

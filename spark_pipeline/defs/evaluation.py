@@ -11,7 +11,13 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_pipeline.defs.resources import AFTER_UPSTREAM, SparkConfig, SparkStorage
+from spark_pipeline.defs.resources import (
+    AFTER_UPSTREAM,
+    OWNERS,
+    SparkConfig,
+    SparkStorage,
+    parquet_table_metadata,
+)
 from spark_pipeline.evaluation.evaluate import (
     EvalSettings,
     EvaluationError,
@@ -59,12 +65,15 @@ def _checkpoint_path(storage: SparkStorage, key: str) -> Path:
 
 
 @dg.asset(
+    kinds={'pytorch'},
+    owners=OWNERS,
+    tags={"stage": "evaluation"},
     group_name="evaluation",
     partitions_def=checkpoint_partitions,
     deps=["train_hero"],
     code_version="1",
-    description="One partition per healthy checkpoint, keyed <name>.<run id>--checkpoint-<step>, found under "
-    "<storage>/runs/<name>/<run id>/checkpoints/ or in the bucket: its step, lineage and adapter hash.",
+    description="One partition per healthy checkpoint, keyed {name}.{run id}--checkpoint-{step}, found under "
+    "{storage}/runs/{name}/{run id}/checkpoints/ or in the bucket: its step, lineage and adapter hash.",
 )
 def checkpoints(context: dg.AssetExecutionContext, storage: SparkStorage):
     path = _checkpoint_path(storage, context.partition_key)
@@ -172,13 +181,16 @@ def _examples_markdown(records: list[dict], per_category: int = 2, chars: int = 
 
 
 @dg.asset(
+    kinds={'pytorch', 'parquet'},
+    owners=OWNERS,
+    tags={"stage": "evaluation"},
     group_name="evaluation",
     partitions_def=checkpoint_partitions,
     deps=["checkpoints", "eval_sets"],
     code_version=EVAL_CODE_VERSION,
     description="§6.4-6.6 for one checkpoint: base and base+adapter on the in-domain and held-out sets — "
     "perplexity, teacher-forced suffix loss/top-1/top-5, generative token accuracy, BLEU-4, exact match, each "
-    "with its 95% interval, and paired differences from the base. <storage>/evaluation/<checkpoint>/table.parquet "
+    "with its 95% interval, and paired differences from the base. {storage}/evaluation/{checkpoint}/table.parquet "
     "and table.md; every sample's scores in samples.parquet, every generation in generations.parquet",
     check_specs=[dg.AssetCheckSpec("adapter_loaded", asset="checkpoint_eval", blocking=True,
                                    description="The adapter's config and weights match the digest in the "
@@ -224,7 +236,8 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
         context.log.warning(f"{key}: worse than the base beyond the 95% interval on {regressions}")
     adapter_records = [r for r in records if r["model"] != "base"]
     return dg.MaterializeResult(
-        metadata={"rows": len(rows), "perplexity_overall": dg.MetadataValue.json(overall),
+        metadata={**parquet_table_metadata(out / "table.parquet"),
+                  "rows": len(rows), "perplexity_overall": dg.MetadataValue.json(overall),
                   "table": dg.MetadataValue.md(markdown), "path": dg.MetadataValue.path(str(out)),
                   "generations": dg.MetadataValue.path(str(out / "generations.parquet")),
                   "examples": dg.MetadataValue.md(_examples_markdown(adapter_records)),
@@ -420,6 +433,9 @@ def mark_outliers(rows: list[dict], outliers: list[dict]) -> list[dict]:
 
 
 @dg.asset(
+    kinds={'parquet'},
+    owners=OWNERS,
+    tags={"stage": "evaluation"},
     group_name="evaluation",
     deps=["checkpoint_eval", "code_regression", "external_baselines"],
     code_version=EVAL_CODE_VERSION,
@@ -427,7 +443,7 @@ def mark_outliers(rows: list[dict], outliers: list[dict]) -> list[dict]:
     description="Every checkpoint's tables (and the external baselines') gathered: report.parquet, report.md and the plots (perplexity over "
     "checkpoints, per category, the improvement heatmap, token accuracy and BLEU-4), every number with its 95% "
     "interval; outlier checkpoints marked and left out of trends and winners; winners only outside the interval. "
-    "<storage>/evaluation/report/",
+    "{storage}/evaluation/report/",
     check_specs=[dg.AssetCheckSpec("no_perplexity_outliers", asset="evaluation_report", blocking=True,
                                    description="No checkpoint's perplexity departs from both neighbours' and from "
                                    "its training loss by more than the configured factor (outliers are marked in "
@@ -510,7 +526,8 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     regressions = [r["checkpoint"] for r in rows if _is_latest(r, latest) and r["split"] == "in_domain"
                    and r["category"] == "all" and r["flag"] == "regression"]
     return dg.MaterializeResult(
-        metadata={"checkpoints": len(tables), "rows": len(rows), "path": dg.MetadataValue.path(str(out)),
+        metadata={**parquet_table_metadata(out / "report.parquet"),
+                  "checkpoints": len(tables), "rows": len(rows), "path": dg.MetadataValue.path(str(out)),
                   "blocked": dg.MetadataValue.json(blocked), "notes": dg.MetadataValue.md("\n\n".join(notes) or "-"),
                   "code_regression": dg.MetadataValue.json([{k: r.get(k) for k in (
                       "checkpoint", "model", "difficulty", "compile_rate", "pass_rate", "pass_rate_lo", "pass_rate_hi",
@@ -528,7 +545,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
 
 @dg.sensor(
     name="new_checkpoints_sensor",
-    description="Registers each new checkpoint — under <storage>/runs/, or uploaded under $SPARK_CHECKPOINT_URL "
+    description="Registers each new checkpoint — under {storage}/runs/, or uploaded under $SPARK_CHECKPOINT_URL "
     "(gs://) — as a `checkpoints` partition and requests its evaluation.",
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
@@ -577,12 +594,15 @@ def reevaluation_schedule(context: dg.ScheduleEvaluationContext):
 
 
 @dg.asset(
+    kinds={'parquet'},
+    owners=OWNERS,
+    tags={"stage": "evaluation"},
     group_name="evaluation",
     deps=["eval_sets"],
     code_version=EVAL_CODE_VERSION,
     description="§6.6 baselines: external models (an OpenAI-compatible endpoint such as vLLM, or Anthropic's API) "
     "on generative completion, when configured in the profile's evaluation.external_models. Answers are cached. "
-    "<storage>/evaluation/external/table.parquet",
+    "{storage}/evaluation/external/table.parquet",
 )
 def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     from spark_pipeline.evaluation.evaluate import load_eval_samples
@@ -623,13 +643,16 @@ def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage,
 
 
 @dg.asset(
+    kinds={'parquet'},
+    owners=OWNERS,
+    tags={"stage": "evaluation"},
     group_name="evaluation",
     partitions_def=checkpoint_partitions,
     deps=["checkpoints"],
     code_version=EVAL_CODE_VERSION,
     description="§6.8 general-code regression: base and base+adapter write C++ solutions to FullStackBench-format "
     "problems, compiled with g++ and run under time and memory limits; compile and pass rates overall and by "
-    "difficulty. <storage>/evaluation/<checkpoint>/code_regression.parquet",
+    "difficulty. {storage}/evaluation/{checkpoint}/code_regression.parquet",
 )
 def code_regression(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     import torch

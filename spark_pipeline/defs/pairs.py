@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from spark_pipeline import settings
-from spark_pipeline.defs.resources import SparkStorage
+from spark_pipeline.defs.resources import OWNERS, SparkStorage
 from spark_pipeline.specmap.pairs import ManifestError, prepare_pairs, read_manifest, record_path
 
 pairs_partitions = dg.DynamicPartitionsDefinition(name="pairs")
@@ -23,9 +23,12 @@ def manifest_path(config: PairsConfig) -> Path:
 
 
 @dg.asset(
+    kinds={'git', 'yaml'},
+    owners=OWNERS,
+    tags={"stage": "specmap"},
     group_name="specmap",
     description="Reads the pairs manifest, checks out every repository at its pinned revision, "
-    "records each pair under <storage>/pairs/<id>/ and registers one `pairs` partition per pair.",
+    "records each pair under {storage}/pairs/{id}/ and registers one `pairs` partition per pair.",
     code_version="1",
 )
 def repo_datasheet_pairs(context: dg.AssetExecutionContext, config: PairsConfig,

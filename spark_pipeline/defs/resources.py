@@ -72,3 +72,19 @@ class SpecMapJudge(dg.ConfigurableResource):
 #: (its SpecMap failed) does not hold the mixture back: the stages leave such pairs out and say so.
 AFTER_UPSTREAM = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()).with_label(
     "after an upstream update")
+
+#: Who answers for the assets (shown in the UI's asset pages and catalog).
+OWNERS = ["team:spark-pipeline"]
+
+
+def parquet_table_metadata(*paths) -> dict:
+    """The row count and column schema of Parquet files (one table, possibly in shards) as the
+    UI shows them: ``dagster/row_count`` and ``dagster/column_schema``."""
+    import pyarrow.parquet as pq
+
+    files = [Path(p) for p in paths if Path(p).exists()]
+    if not files:
+        return {}
+    schema = pq.read_schema(files[0])
+    return {"dagster/row_count": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
+            "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])}

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from spark_pipeline.defs.pairs import pairs_partitions
-from spark_pipeline.defs.resources import SparkStorage, SpecMapJudge
+from spark_pipeline.defs.resources import OWNERS, SparkStorage, SpecMapJudge
 from spark_pipeline.specmap.ctags import CtagsError
 from spark_pipeline.specmap.judge import STATUSES, JudgeError
 from spark_pipeline.specmap.mapping_file import check_mapping, write_mapping
@@ -26,11 +26,14 @@ class SpecMapRunConfig(dg.Config):
 
 
 @dg.asset(
+    kinds={'python'},
+    owners=OWNERS,
+    tags={"stage": "specmap"},
     group_name="specmap",
     partitions_def=pairs_partitions,
     deps=["repo_datasheet_pairs"],
     description="SpecMap (paper §3.2 stage 1) for one pair: M1 folders, M2 files, M3 Universal Ctags "
-    "symbols, M4 sequential validation. Writes <storage>/specmap/<pair>/mapping.txt and mapping.json.",
+    "symbols, M4 sequential validation. Writes {storage}/specmap/{pair}/mapping.txt and mapping.json.",
     code_version="1",
     check_specs=[
         dg.AssetCheckSpec(CHECK_STATUS, asset="specmap_mappings",

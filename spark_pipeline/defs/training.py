@@ -8,7 +8,7 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field
 
-from spark_pipeline.defs.resources import SparkConfig, SparkStorage
+from spark_pipeline.defs.resources import OWNERS, SparkConfig, SparkStorage
 from spark_pipeline.plots import embed_png
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
 from spark_pipeline.training.launch import base_model_folder, prepare_run, tokenizer_name, torchrun_command
@@ -19,17 +19,20 @@ from spark_pipeline.training.settings import TrainingSettings
 
 class TokenizeConfig(dg.Config):
     workers: int = Field(default=0, description="tokenizer processes; 0 means every core")
-    tokenizer: str = Field(default="", description="dolma2-offline | hf:<path> | base_model; empty: the profile's")
+    tokenizer: str = Field(default="", description="dolma2-offline | hf:{path} | base_model; empty: the profile's")
 
 
 @dg.asset(
+    kinds={'arrow'},
+    owners=OWNERS,
+    tags={"stage": "training"},
     group_name="training",
     deps=["training_mixture"],
     code_version="1",
     description="§4.8: the mixture tokenized by parallel workers (order verified, restored if broken), "
     "samples over max_length split at line ends into several rows (nothing cut away), special-token text in "
     "source encoded as text, as a memory-mapped Arrow file keyed by mixture hash, tokenizer, "
-    "max length and sample count; `.done` written last. <storage>/tokens/<key>/",
+    "max length and sample count; `.done` written last. {storage}/tokens/{key}/",
 )
 def tokenized_cache(context: dg.AssetExecutionContext, config: TokenizeConfig, storage: SparkStorage,
                     spark_config: SparkConfig):
@@ -69,7 +72,7 @@ class TrainConfig(dg.Config):
                         "checkpoint, here or in the bucket), or a checkpoint folder or gs:// URL to start a new "
                         "run from")
     max_steps: int = Field(default=0, description="stop after this step; 0: the profile's")
-    run_name: str = Field(default="hero", description="name under <storage>/runs/; each run gets its own id "
+    run_name: str = Field(default="hero", description="name under {storage}/runs/; each run gets its own id "
                           "folder below it")
     upload: str = Field(default="", description="gs://bucket/prefix to copy checkpoints to in the background; "
                         "empty: $SPARK_CHECKPOINT_URL, or no upload")
@@ -93,12 +96,15 @@ def _loss_plot(messages: list[dict], path):
 
 
 @dg.asset(
+    kinds={'pytorch', 'wandb'},
+    owners=OWNERS,
+    tags={"stage": "training"},
     group_name="training",
     deps=["tokenized_cache"],
     pool="gpu",
     code_version="1",
-    description="§4: LoRA continual pretraining, `torchrun --nproc_per_node=<gpus> -m spark_pipeline.training` "
-    "through Dagster Pipes; each run in its own folder <storage>/runs/<name>/<run id>/ with immutable "
+    description="§4: LoRA continual pretraining, `torchrun --nproc_per_node={gpus} -m spark_pipeline.training` "
+    "through Dagster Pipes; each run in its own folder {storage}/runs/{name}/{run id}/ with immutable "
     "checkpoints (lineage.json in each). A run that diverges fails, its late checkpoints marked UNHEALTHY.",
 )
 def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: SparkStorage,
