@@ -106,3 +106,12 @@ def test_cli_reports_an_unknown_partition(storage):
     out = _dagster("asset", "materialize", "--select", "specmap_mappings", "--partition", "no_such_pair")
     assert out.returncode != 0
     assert "no_such_pair" in (out.stderr + out.stdout)
+
+
+def test_the_demo_runs_named_jobs_each_selecting_its_step():
+    """The UI lists the demo's runs under job names, not ``__ephemeral_asset_job__``."""
+    from spark_pipeline.definitions import DEMO_JOBS, defs
+
+    for selection, name in DEMO_JOBS.items():
+        job = defs.resolve_job_def(name)
+        assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == set(selection), name
