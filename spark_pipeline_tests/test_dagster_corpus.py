@@ -166,8 +166,19 @@ def test_mixture_before_eval_sets_says_what_to_do(storage):
     assert failure_lines([bare]) == ["train_hero: (no message; see the run in the Dagster UI)"]
 
 
-def test_tokenized_cache_and_train_hero_through_pipes(built, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def test_train_hero_through_pipes_new_runs_never_touch_earlier_ones_and_a_diverged_run_fails(built, monkeypatch,
+                                                                                            tmp_path):
+    """tokenized_cache, then train_hero through Pipes with its lineage. Re-materializing
+    train_hero starts a new run (own id, own folder): the first run's
+    checkpoints stay byte for byte, and the sensor's keys for the new run are new. A run whose
+    weights blow up fails the asset, naming the divergence, and its checkpoints are never
+    offered for evaluation."""
+    import yaml
+
+    from spark_pipeline.config import CONFIG_DIR
+    from spark_pipeline.training.runs import discover, run_folders
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # its offline service costs seconds per run
     storage = built["storage"]
     tok = built["run"](["tokenized_cache"])
     assert tok.success
@@ -176,10 +187,10 @@ def test_tokenized_cache_and_train_hero_through_pipes(built, monkeypatch):
     key = meta["cache_key"].value
     assert (storage / "tokens" / key / ".done").exists()
 
-    train = built["run"](["train_hero"], run_config={"ops": {"train_hero": {"config": {"max_steps": 2}}}})
+    two_steps = {"ops": {"train_hero": {"config": {"max_steps": 2}}}}
+    train = built["run"](["train_hero"], run_config=two_steps)
     assert train.success
-    mat = train.asset_materializations_for_node("train_hero")[0]
-    md = mat.metadata
+    md = train.asset_materializations_for_node("train_hero")[0].metadata
     assert md["steps"].value == 2 and md["exit"].value == "finished"
     assert md["trainable_parameters"].value > 0 and "data:image/png;base64," in md["loss_curve"].value
     final = Path(md["final_checkpoint"].value)
@@ -189,27 +200,11 @@ def test_tokenized_cache_and_train_hero_through_pipes(built, monkeypatch):
     assert lineage["mixture_hash"] == manifest["mixture_hash"] and lineage["tokenized_cache"] == key
     assert lineage["pairs"] == {p: registry["versions"][p] for p in ("skm6_imu_i2c", "spk32_gpio_uart_hal")}, \
         "the held-out pair is not in the training data's lineage"
-    assert lineage["dagster_run_id"] == train.run_id
+    assert lineage["dagster_run_id"] == train.run_id and lineage["base_model"]["weights_sha256"]
     events = built["instance"].get_records_for_run(train.run_id).records
     messages = [e.event_log_entry.user_message for e in events]
     assert any("trainable parameters" in m for m in messages), "rank 0's log reached Dagster through Pipes"
 
-
-def test_a_new_train_hero_run_never_touches_the_earlier_ones_and_a_diverged_run_fails(built, monkeypatch, tmp_path):
-    """Re-materializing train_hero starts a new run (own id, own folder): the first run's
-    checkpoints stay byte for byte, and the sensor's keys for the new run are new. A run whose
-    weights blow up fails the asset, naming the divergence, and its checkpoints are never
-    offered for evaluation."""
-    import yaml
-
-    from spark_pipeline.config import CONFIG_DIR
-    from spark_pipeline.training.runs import discover, run_folders
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    storage = built["storage"]
-    assert built["run"](["tokenized_cache"]).success
-    two_steps = {"ops": {"train_hero": {"config": {"max_steps": 2}}}}
-    assert built["run"](["train_hero"], run_config=two_steps).success
     [first] = run_folders(storage, "hero")
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and "checkpoints" in p.parts}
     assert before
@@ -246,7 +241,7 @@ def test_train_hero_says_what_to_materialize_first(storage):
 def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypatch):
     from spark_pipeline.defs.evaluation import new_checkpoints_sensor, reevaluation_schedule
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # its offline service costs seconds per run
     monkeypatch.setenv("SPARK_STORAGE", str(built["storage"]))
     storage, instance = built["storage"], built["instance"]
     assert built["run"](["tokenized_cache"]).success

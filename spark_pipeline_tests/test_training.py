@@ -48,7 +48,8 @@ def _start(tmp_path, cache, run_name, settings, nproc=1, resume="", extra=None, 
     settings_file, lineage_file = prepare_run(run_dir, settings, {"mixture_hash": "m123", "pairs": {"p": "v1"}})
     cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume=resume, extra=extra,
                            grace_s=settings.termination_grace_s)
-    env = dict(os.environ, **{"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", **(env or {})})
+    # W&B disabled (its offline service costs seconds per run) unless a test is about W&B
+    env = dict(os.environ, **{"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", **(env or {})})
     env.pop("DAGSTER_PIPES_CONTEXT", None)
     for key in [k for k, v in env.items() if v is None]:
         env.pop(key)
