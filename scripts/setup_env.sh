@@ -22,6 +22,17 @@ if ! ctags --version 2>/dev/null | grep -q "Universal Ctags"; then
     fi
 fi
 
+# PostgreSQL (Debian's package): the tests run the cluster's Dagster instance on a real server.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+    echo "setup: installing PostgreSQL"
+    if [ "$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi
+    if command -v apt-get >/dev/null; then
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "setup: PostgreSQL not found; test_postgres_instance.py will be skipped (install it to run it)" >&2
+    fi
+fi
+
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
     exit 0
 fi
