@@ -152,7 +152,15 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     if not os.environ.get("WANDB_API_KEY"):
         env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
     try:
-        invocation = pipes_subprocess_client.run(command=cmd, context=context, env=env)
+        if os.environ.get("SPARK_TRAIN_LAUNCHER", "local") == "k8s":  # a GPU pod on the cluster (deploy/)
+            from dagster_k8s import PipesK8sClient
+
+            launch = k8s_launch(settings, cmd, upload_root, env)
+            context.log.info(f"launching the training pod ({launch['image']}, {settings.gpus} GPUs, grace "
+                             f"{launch['base_pod_spec']['terminationGracePeriodSeconds']} s)")
+            invocation = PipesK8sClient().run(context=context, **launch)
+        else:
+            invocation = pipes_subprocess_client.run(command=cmd, context=context, env=env)
     except DagsterPipesExecutionError as exc:
         raise _training_failure(run_dir, exc) from exc
     messages = invocation.get_custom_messages()
@@ -163,6 +171,21 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     if plot:
         extra["loss_curve"] = dg.MetadataValue.md(embed_png(plot, "training loss"))
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra}, data_version=result.data_version)
+
+
+def k8s_launch(settings: TrainingSettings, cmd: list[str], upload_root: str, env: dict) -> dict:
+    """The arguments of ``PipesK8sClient.run`` for the training pod: the GPU image
+    (``$SPARK_TRAIN_IMAGE``), torchrun as the pod's command, and the pod spec of
+    :func:`spark_pipeline.k8s.training_pod_spec` (GPUs, /dev/shm, grace period, storage)."""
+    from spark_pipeline.k8s import training_pod_spec
+
+    image = os.environ.get("SPARK_TRAIN_IMAGE", "")
+    if not image:
+        raise dg.Failure("SPARK_TRAIN_LAUNCHER=k8s needs SPARK_TRAIN_IMAGE, the GPU image (deploy/Dockerfile, VARIANT=gpu)")
+    pod_cmd = ["torchrun", *cmd[cmd.index("--standalone"):]]
+    return {"image": image, "command": pod_cmd, "env": env,
+            "base_pod_spec": training_pod_spec(settings, image, pod_cmd, checkpoint_url=upload_root,
+                                               profile=os.environ.get("SPARK_PROFILE", "hero"))}
 
 
 def _run_for(context, config: TrainConfig, storage: SparkStorage, upload_root: str) -> tuple[str, str]:
