@@ -68,6 +68,7 @@ def test_cli_materializes_and_webserver_shows_the_graph(storage, monkeypatch, tm
                               start_new_session=True)
     try:
         deadline = time.time() + 150
+        started = time.time()
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
@@ -77,6 +78,7 @@ def test_cli_materializes_and_webserver_shows_the_graph(storage, monkeypatch, tm
                     log.seek(0)
                     raise AssertionError("make ui did not serve the UI: " + log.read().decode()[-3000:]) from None
                 time.sleep(0.5)
+        print(f"make ui served the UI after {time.time() - started:.1f} s")
         nodes = _graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } isPartitioned "
                                "partitionKeys } }")["data"]["assetNodes"]
         by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
@@ -93,9 +95,11 @@ def test_cli_materializes_and_webserver_shows_the_graph(storage, monkeypatch, tm
         assert [m["partition"] for m in mats["data"]["assetOrError"]["assetMaterializations"]] == ["cm4_startup_asm"]
     finally:
         # make, dagster dev, its webserver, daemon and code servers: the session this test started
+        stopping = time.time()
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=60)
+            print(f"make ui stopped after {time.time() - stopping:.1f} s")
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)

@@ -1,6 +1,7 @@
 """The Dagster instance of a cluster deployment, on a real PostgreSQL server (deploy/dagster.yaml
-uses the same storage): the demo's first assets run through it, and what they record lives in
-the database, readable by a second instance object."""
+uses the same storage): the demo's first assets run through it, and what they record (runs,
+events, dynamic partitions, check results) lives in the database, readable by a second
+instance object opened from the same dagster.yaml."""
 
 import dagster as dg
 import pytest
@@ -8,58 +9,96 @@ import yaml
 
 from spark_pipeline.definitions import defs
 from spark_pipeline_tests.conftest import dagster_resources, sample_entry, write_manifest
-from spark_pipeline_tests.postgres_server import PostgresServer, bindir
+from spark_pipeline_tests.postgres_server import PostgresServer, unavailable_reason
+
+ASSETS = list(defs.assets)
+PAIRS = ["skm6_imu_i2c", "cm4_startup_asm"]
+MAPPED = "cm4_startup_asm"
 
 
 @pytest.fixture
 def postgres():
-    if bindir() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; make setup installs it)")
+    """A fresh PostgreSQL cluster for one test, stopped and deleted after it."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     with PostgresServer() as server:
         yield server
 
 
-def test_the_demo_assets_run_on_a_postgres_backed_instance(postgres, storage, tmp_path):
-    import psycopg2
-
+@pytest.fixture
+def pg_home(postgres, tmp_path):
+    """A DAGSTER_HOME whose dagster.yaml keeps runs, events and schedules in the server's database."""
     home = tmp_path / "pg_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump({
         "telemetry": {"enabled": False},
-        "storage": {"postgres": {"postgres_db": {"username": postgres.user, "password": "", "hostname": "127.0.0.1",
-                                                 "db_name": postgres.db, "port": postgres.port,
-                                                 # SQLAlchemy 2.1 defaults to psycopg 3; dagster-postgres ships psycopg2
-                                                 "scheme": "postgresql+psycopg2"}}}}))
-    manifest = write_manifest(tmp_path / "pairs.yaml", [sample_entry("skm6_imu_i2c"), sample_entry("cm4_startup_asm")])
-    instance = dg.DagsterInstance.from_config(str(home))
+        "storage": {"postgres": {"postgres_db": {
+            "username": postgres.user, "password": postgres.password, "hostname": "127.0.0.1",
+            "db_name": postgres.db, "port": postgres.port,
+            # SQLAlchemy 2.1 defaults to psycopg 3; dagster-postgres ships psycopg2
+            "scheme": "postgresql+psycopg2"}}}}))
+    return home
+
+
+def _open(home) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def test_the_demo_assets_run_on_a_postgres_backed_instance(postgres, pg_home, storage, tmp_path):
+    manifest = write_manifest(tmp_path / "pairs.yaml", [sample_entry(p) for p in PAIRS])
+    instance = _open(pg_home)
     try:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        pairs = dg.materialize(list(defs.assets), selection=["repo_datasheet_pairs"], instance=instance,
+        for part in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+            assert type(part).__module__.startswith("dagster_postgres"), type(part)
+        pairs = dg.materialize(ASSETS, selection=["repo_datasheet_pairs"], instance=instance,
                                resources=dagster_resources(storage),
                                run_config={"ops": {"repo_datasheet_pairs": {"config": {"manifest": str(manifest)}}}})
         assert pairs.success
-        mapped = dg.materialize(list(defs.assets), selection=["specmap_mappings"], partition_key="cm4_startup_asm",
-                                instance=instance, resources=dagster_resources(storage))
+        assert sorted(instance.get_dynamic_partitions("pairs")) == sorted(PAIRS)
+        mapped = dg.materialize(ASSETS, selection=["specmap_mappings"], partition_key=MAPPED, instance=instance,
+                                resources=dagster_resources(storage))
         assert mapped.success
+        checks = {e.check_name: e.passed for e in mapped.get_asset_check_evaluations()}
+        assert checks == {"every_section_has_status": True, "file_paths_exist_at_revision": True}
     finally:
         instance.dispose()
 
-    with psycopg2.connect(host="127.0.0.1", port=postgres.port, user=postgres.user, dbname=postgres.db) as conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT run_id, status FROM runs")
-            runs = dict(cur.fetchall())
-            cur.execute("SELECT count(*) FROM event_logs WHERE run_id = %s", (mapped.run_id,))
-            (events,) = cur.fetchone()
-    assert runs == {pairs.run_id: "SUCCESS", mapped.run_id: "SUCCESS"}
-    assert events > 10, "the run's events are rows in PostgreSQL"
-
-    again = dg.DagsterInstance.from_config(str(home))  # a second process would see the same
+    # Straight from the database, not through Dagster.
+    conn = postgres.connect()
     try:
-        assert sorted(again.get_dynamic_partitions("pairs")) == ["cm4_startup_asm", "skm6_imu_i2c"]
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM runs")
+            assert cur.fetchone() == (2,)
+            cur.execute("SELECT run_id, status FROM runs")
+            assert dict(cur.fetchall()) == {pairs.run_id: "SUCCESS", mapped.run_id: "SUCCESS"}
+            cur.execute("SELECT dagster_event_type, count(*) FROM event_logs WHERE run_id = %s "
+                        "GROUP BY dagster_event_type", (mapped.run_id,))
+            events = dict(cur.fetchall())
+            kinds = dg.DagsterEventType  # stored by value: RUN_SUCCESS is still "PIPELINE_SUCCESS" in the table
+            assert events.get(kinds.ASSET_MATERIALIZATION.value) == 1, events
+            assert events.get(kinds.ASSET_CHECK_EVALUATION.value) == 2, events
+            assert events.get(kinds.RUN_SUCCESS.value) == 1, events
+            assert sum(events.values()) > 10, events
+            cur.execute("SELECT partition FROM dynamic_partitions WHERE partitions_def_name = 'pairs'")
+            assert sorted(r[0] for r in cur.fetchall()) == sorted(PAIRS)
+            cur.execute("SELECT check_name, execution_status FROM asset_check_executions WHERE run_id = %s",
+                        (mapped.run_id,))
+            assert dict(cur.fetchall()) == {"every_section_has_status": "SUCCEEDED",
+                                            "file_paths_exist_at_revision": "SUCCEEDED"}
+    finally:
+        conn.close()
+
+    again = _open(pg_home)  # a fresh instance object, as another process (webserver, daemon) would open
+    try:
+        assert again.get_run_by_id(mapped.run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert sorted(again.get_dynamic_partitions("pairs")) == sorted(PAIRS)
         record = again.get_latest_materialization_event(dg.AssetKey("specmap_mappings"))
         assert record is not None and record.run_id == mapped.run_id
-        checks = again.event_log_storage.get_asset_check_execution_history(
+        assert record.asset_materialization.partition == MAPPED
+        assert again.get_materialized_partitions(dg.AssetKey("specmap_mappings")) == {MAPPED}
+        history = again.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("specmap_mappings"), "every_section_has_status"), limit=5)
-        assert [c.status.value for c in checks] == ["SUCCEEDED"]
+        assert [(c.run_id, c.status.value) for c in history] == [(mapped.run_id, "SUCCEEDED")]
     finally:
         again.dispose()

@@ -183,24 +183,6 @@ def test_other_signals_save_an_emergency_checkpoint(tmp_path, cache, sig):
     assert (run_dir / "checkpoints" / "emergency-1" / "adapter_model.safetensors").exists()
 
 
-def test_checkpoints_upload_to_gcs_and_resume_from_gs(tmp_path, cache, monkeypatch):
-    from spark_pipeline_tests.gcs_emulator import Emulator
-
-    emu = Emulator().start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.host)
-        settings = _settings(max_steps=3, save_every_steps=3)
-        run_dir, result, out = _run(tmp_path, cache, "gcs", settings, extra=["--upload", "gs://spark-test/runs/gcs"])
-        assert [u["state"] for u in result["uploads"]] == ["uploaded"]
-        assert result["final_checkpoint_url"] == "gs://spark-test/runs/gcs/checkpoint-3"
-        assert not (run_dir / "checkpoints" / "checkpoint-3").exists(), "deleted locally after the verified upload"
-        _, resumed, out = _run(tmp_path, cache, "gcs-resume", _settings(max_steps=5, save_every_steps=5),
-                               resume="gs://spark-test/runs/gcs/checkpoint-3")
-        assert "starting at step 3" in out and resumed["steps"] == 5
-    finally:
-        emu.stop()
-
-
 def test_a_signal_on_one_rank_stops_both_after_they_agree(tmp_path, cache):
     run_dir, result, _ = _run(tmp_path, cache, "ddp-signal", _settings(max_steps=4, save_every_steps=100), nproc=2,
                               extra=["--stop-after", "1"])  # only rank 0 receives SIGTERM
@@ -267,6 +249,9 @@ def test_sigterm_from_outside_mid_step_saves_within_the_grace_period(tmp_path, c
 
 
 def test_resume_latest_reads_the_bucket_and_never_overwrites_a_checkpoint(tmp_path, cache, monkeypatch):
+    """Checkpoints go to the GCS emulator (real client), verified, then deleted locally; a run
+    resumed with ``latest`` finds the newest one in the bucket, downloads it (the gs:// resume
+    path) and adds its own checkpoints without writing anything in the bucket again."""
     from spark_pipeline.training.gcs import make_client
     from spark_pipeline_tests.gcs_emulator import Emulator
 
@@ -286,6 +271,8 @@ def test_resume_latest_reads_the_bucket_and_never_overwrites_a_checkpoint(tmp_pa
         _, resumed, out = _run(tmp_path, cache, "run", settings, resume="latest", extra=["--upload", url])
         assert f"starting at step 3 from {tmp_path / 'run' / 'downloaded' / 'emergency-3'}" in out
         assert resumed["steps"] == 4 and resumed["wandb_run_id"] == first["wandb_run_id"]
+        assert resumed["final_checkpoint_url"] == f"{url}/checkpoint-4"
+        assert not (tmp_path / "run" / "checkpoints" / "checkpoint-4").exists(), "deleted after the verified upload"
         after = blobs()
         assert all(after[name] == before[name] for name in before), "nothing in the bucket was written again"
         assert {n.split("/")[-2] for n in set(after) - set(before)} == {"checkpoint-4"}
