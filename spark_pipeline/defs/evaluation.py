@@ -474,9 +474,9 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
             records += pq.read_table(external.parent / "samples.parquet").to_pylist()
     base_rows = {(r["split"], r["category"]): r for r in rows if r["model"] == "base"}
     rows = [r for r in rows if r["model"] != "base"] + list(base_rows.values())
-    base_ids = {r["sample_id"] for r in records if r["model"] == "base"}
+    # every checkpoint's samples.parquet repeats the base model's records: keep one per sample
     records = [r for r in records if r["model"] != "base"] + list(
-        {r["sample_id"]: r for r in records if r["model"] == "base" and r["sample_id"] in base_ids}.values())
+        {r["sample_id"]: r for r in records if r["model"] == "base"}.values())
     for r in rows:
         r.setdefault("gen_errors", 0)
         r.setdefault("flag", "")

@@ -40,25 +40,32 @@ class CheckpointConflict(GCSError):
     """The bucket already holds a different complete checkpoint under that name."""
 
 
+def uploaded_folders(url: str, depth: int, client=None) -> dict[tuple[str, ...], set[str]]:
+    """Folders ``depth`` levels below ``url`` that hold files, with those files' names, for
+    the folders whose upload completed and that are not marked UNHEALTHY (the marker and the
+    unhealthy mark are files in the folder): ``(level 1, ..., level depth) -> {names}``."""
+    bucket_name, prefix = parse_url(url)
+    client = client or make_client()
+    found: dict[tuple[str, ...], set[str]] = {}
+    for blob in client.list_blobs(bucket_name, prefix=(prefix + "/") if prefix else None):
+        parts = blob.name[len(prefix) + 1 if prefix else 0:].split("/")
+        if len(parts) == depth + 1:
+            found.setdefault(tuple(parts[:-1]), set()).add(parts[-1])
+    return {folder: names for folder, names in found.items() if MARKER in names and UNHEALTHY not in names}
+
+
 def list_checkpoints(url: str, client=None) -> dict[str, int]:
-    """Completed, healthy checkpoints directly under ``url`` (marker present, no UNHEALTHY
-    marker): folder name -> step."""
+    """Completed, healthy checkpoints directly under ``url``: folder name -> step."""
     import json
 
     bucket_name, prefix = parse_url(url)
     client = client or make_client()
     bucket = client.bucket(bucket_name)
-    files: dict[str, set[str]] = {}
-    for blob in client.list_blobs(bucket_name, prefix=(prefix + "/") if prefix else None):
-        parts = blob.name[len(prefix) + 1 if prefix else 0:].split("/")
-        if len(parts) == 2:
-            files.setdefault(parts[0], set()).add(parts[1])
     found = {}
-    for folder, names in files.items():
-        if MARKER in names and UNHEALTHY not in names:
-            state = bucket.get_blob("/".join(p for p in (prefix, folder, "trainer_state.json") if p))
-            if state is not None:
-                found[folder] = int(json.loads(state.download_as_bytes())["step"])
+    for (folder,) in uploaded_folders(url, 1, client):
+        state = bucket.get_blob("/".join(p for p in (prefix, folder, "trainer_state.json") if p))
+        if state is not None:
+            found[folder] = int(json.loads(state.download_as_bytes())["step"])
     return found
 
 

@@ -92,41 +92,28 @@ def mark_unhealthy(folders, reason: str) -> list[str]:
 
 
 def _bucket_folders(url: str, client=None) -> dict[tuple[str, str, str], set[str]]:
-    """``(name, run id, checkpoint folder) -> {file names}`` for everything under ``url``
-    laid out as ``<url>/<name>/<run id>/<folder>/<file>``."""
-    from spark_pipeline.training.gcs import make_client, parse_url
+    """``(name, run id, checkpoint folder) -> {file names}`` for the complete, healthy uploads
+    under ``url``, laid out as ``<url>/<name>/<run id>/<folder>/<file>``."""
+    from spark_pipeline.training.gcs import uploaded_folders
 
-    bucket, prefix = parse_url(url)
-    client = client or make_client()
-    found: dict[tuple[str, str, str], set[str]] = {}
-    for blob in client.list_blobs(bucket, prefix=(prefix + "/") if prefix else None):
-        parts = blob.name[len(prefix) + 1 if prefix else 0:].split("/")
-        if len(parts) == 4 and _RUN_ID.match(parts[1]):
-            found.setdefault((parts[0], parts[1], parts[2]), set()).add(parts[3])
-    return found
+    return {folder: names for folder, names in uploaded_folders(url, 3, client).items() if _RUN_ID.match(folder[1])}
 
 
 def bucket_checkpoints(url: str, client=None) -> dict[str, str]:
     """Every completely uploaded, healthy regular checkpoint under ``url`` (the root the runs
     upload to, ``$SPARK_CHECKPOINT_URL``), by key -> its gs:// URL."""
-    from spark_pipeline.training.gcs import MARKER
-
     root = url.rstrip("/")
     return {checkpoint_key(name, run, ckpt): f"{root}/{name}/{run}/{ckpt}"
-            for (name, run, ckpt), files in sorted(_bucket_folders(url, client).items())
-            if ckpt.startswith("checkpoint-") and MARKER in files and UNHEALTHY not in files}
+            for (name, run, ckpt) in sorted(_bucket_folders(url, client)) if ckpt.startswith("checkpoint-")}
 
 
 def latest_run_with_checkpoints(storage: Path, name: str, upload_root: str = "") -> str | None:
     """The newest run id of ``name`` that has a complete checkpoint, locally or (when
     ``upload_root`` is set) in the bucket; ``None`` if no run has one."""
-    from spark_pipeline.training.gcs import MARKER
-
     ids = {folder.name for folder in run_folders(storage, name)
            if any((c / "trainer_state.json").exists() and healthy(c) for c in (folder / "checkpoints").glob("*-*"))}
     if upload_root:
-        ids |= {run for (n, run, _), files in _bucket_folders(upload_root).items()
-                if n == name and MARKER in files and UNHEALTHY not in files}
+        ids |= {run for (n, run, _) in _bucket_folders(upload_root) if n == name}
     return max(ids) if ids else None
 
 
