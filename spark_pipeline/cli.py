@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from spark_pipeline import settings
 
@@ -179,7 +180,20 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registered_pairs() -> set[str] | None:
+    """The pair partitions the Dagster instance at $DAGSTER_HOME knows; None without one."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home or not Path(home).is_dir():
+        return None
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return set(instance.get_dynamic_partitions("pairs"))
+
+
 def cmd_pairs(args: argparse.Namespace) -> int:
+    """The manifest's pairs, and whether each is a partition yet: Dagster refuses an unknown
+    partition key before any project code runs, so this is where to look first."""
     from spark_pipeline.specmap.pairs import ManifestError, load_manifest
 
     try:
@@ -187,17 +201,21 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return 2
+    registered = _registered_pairs()
     for p in pairs:
         repo = p.repo_url or p.repo_path
-        print(f"{p.id:28} {p.domain_category:18} {'held-out' if p.held_out else '':9} {repo}")
+        state = "" if registered is None else ("registered" if p.id in registered else "not registered")
+        print(f"{p.id:28} {p.domain_category:18} {'held-out' if p.held_out else '':9} {state:15} {repo}")
+    missing = [p.id for p in pairs if registered is not None and p.id not in registered]
+    if missing:
+        print(f"\n{len(missing)} pair(s) are not partitions yet, so materializing them is refused: "
+              "materialize repo_datasheet_pairs first (dg launch --assets repo_datasheet_pairs)")
     return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
     """Upload a run's checkpoints that are not (completely) in the bucket yet: what a run
     left pending at its upload deadline. Complete uploads are skipped, never overwritten."""
-    from pathlib import Path
-
     from spark_pipeline.training.gcs import CheckpointUploader, GCSError
 
     run_dir = Path(args.run_dir)

@@ -58,3 +58,34 @@ def embed_png(path: Path, alt: str = "plot", max_bytes: int = 80_000) -> str:
     if path.exists() and path.stat().st_size <= max_bytes:
         return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
     return f"[{alt}]({path})"
+
+
+INLINE_MARKDOWN_LIMIT = 1000  # the UI shows Markdown metadata inline below this many characters, else behind a button
+
+
+def sparkline_markdown(values: list[float], label: str, width: int = 240, height: int = 48,
+                       max_points: int = 60) -> str:
+    """A line of ``values`` as a tiny SVG in Markdown short enough for the Dagster UI to show
+    inline on the asset page (a PNG never is: it only opens from "[Show Markdown]"). Followed by
+    the first, last, lowest and highest value in words."""
+    import math
+
+    points = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not points:
+        return f"{label}: no finite values"
+    summary = (f"{label}: {points[0]:.4g} → {points[-1]:.4g} (min {min(points):.4g}, max {max(points):.4g}, "
+               f"{len(points)} points)")
+    while True:
+        stride = max(1, math.ceil(len(points) / max_points))
+        shown = points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])  # the last one always
+        lo, hi = min(shown), max(shown)
+        span = (hi - lo) or 1.0
+        dx = (width - 4) / max(1, len(shown) - 1)
+        coords = " ".join(f"{2 + i * dx:.0f},{height - 2 - (v - lo) / span * (height - 4):.0f}"
+                          for i, v in enumerate(shown))
+        svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+               f'<polyline fill="none" stroke="#4f43dd" stroke-width="2" points="{coords}"/></svg>')
+        markdown = f"![{label}](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})\n\n{summary}"
+        if len(markdown) < INLINE_MARKDOWN_LIMIT or max_points <= 4:
+            return markdown
+        max_points //= 2

@@ -193,6 +193,8 @@ def test_train_hero_through_pipes_new_runs_never_touch_earlier_ones_and_a_diverg
     md = train.asset_materializations_for_node("train_hero")[0].metadata
     assert md["steps"].value == 2 and md["exit"].value == "finished"
     assert md["trainable_parameters"].value > 0 and "data:image/png;base64," in md["loss_curve"].value
+    inline = md["loss_inline"].value
+    assert "data:image/svg+xml;base64," in inline and len(inline) < 1000, "short enough for the UI to show inline"
     final = Path(md["final_checkpoint"].value)
     lineage = json.loads((final / "lineage.json").read_text())
     manifest = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
@@ -303,6 +305,12 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     hyps = [tok.decode(g["generation_ids"][: len(g["reference_ids"])]) for g in adapter_gens]
     assert adapter_all["bleu4"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [[g["reference"] for g in adapter_gens]]).score)
     meta = ev.asset_materializations_for_node("checkpoint_eval")[0].metadata
+    table = meta["table"].value  # a table metadata value: the asset page shows it inline
+    assert isinstance(table, dg.TableMetadataValue) and len(table.records) == len(rows)
+    assert {c.name for c in table.schema.columns} >= {"model", "split", "perplexity", "bleu4"}
+    assert meta["in_domain/perplexity"].value == pytest.approx(
+        next(r["perplexity"] for r in overall if r["model"] != "base" and r["split"] == "in_domain")), \
+        "plain numbers per checkpoint partition, which the UI's Plots tab draws"
     assert "generation:" in meta["examples"].value and "reference:" in meta["examples"].value
     logs = [e.event_log_entry.user_message for e in instance.get_records_for_run(ev.run_id).records]
     assert any("scored" in m and "s left" in m for m in logs) and any("generated" in m and "s left" in m for m in logs), \
@@ -321,6 +329,9 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert report.success
     meta = report.asset_materializations_for_node("evaluation_report")[0].metadata
     assert "data:image/png;base64," in meta["perplexity_over_checkpoints"].value
+    assert len(meta["perplexity_inline"].value) < 1000 and "svg" in meta["perplexity_inline"].value
+    latest_rows = meta["latest_vs_base"].value.records
+    assert {r.data["model"] for r in latest_rows} == {"base", f"adapter:{key}"} and len(latest_rows) == 4
     assert (storage / "evaluation" / "report" / "report.md").exists()
 
     schedule_requests = reevaluation_schedule(dg.build_schedule_context(instance=instance))

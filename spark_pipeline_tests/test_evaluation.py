@@ -323,3 +323,19 @@ def test_the_outlier_check_blocks_and_a_regression_warns():
 
     specs = {s.name: s for s in evaluation_report.check_specs}
     assert specs["no_perplexity_outliers"].blocking and "no_regression_vs_base" in specs
+
+
+def test_sparkline_is_short_enough_to_show_inline_and_keeps_the_ends():
+    import base64
+    import re
+
+    from spark_pipeline.plots import INLINE_MARKDOWN_LIMIT, sparkline_markdown
+
+    values = [5.0 - 4.0 * i / 9999 for i in range(10_000)]  # a long, falling curve
+    markdown = sparkline_markdown(values, "loss")
+    assert len(markdown) < INLINE_MARKDOWN_LIMIT
+    svg = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)\)", markdown).group(1)).decode()
+    ys = [int(p.split(",")[1]) for p in re.search(r'points="([^"]+)"', svg).group(1).split()]
+    assert ys[0] == 2 and ys[-1] == 46, "the first (highest) value at the top, the last (lowest) at the bottom"
+    assert "loss: 5 → 1 (min 1, max 5, 10000 points)" in markdown
+    assert sparkline_markdown([float("nan")], "loss") == "loss: no finite values"

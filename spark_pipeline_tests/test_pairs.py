@@ -137,3 +137,22 @@ def test_a_bad_manifest_entry_blocks_only_itself(tmp_path, storage):
     assert "nowhere is not a folder" in failures["no_repo"].message
     assert "missing.pdf does not exist" in failures["no_sheet"].message
     assert "'toasters' is not one of" in failures["odd_category"].message
+
+
+def test_pairs_command_says_which_pairs_are_not_partitions_yet(capsys):
+    """Dagster refuses an unregistered pair partition before any project code runs; the
+    project's `pairs` command is where a user finds out which are registered and what to do."""
+    import dagster as dg
+
+    from spark_pipeline.cli import main
+
+    assert main(["pairs"]) == 0
+    out = capsys.readouterr().out
+    assert "skm6_imu_i2c" in out and "not registered" in out
+    assert "materialize repo_datasheet_pairs first" in out
+    with dg.DagsterInstance.get() as instance:  # the test's own DAGSTER_HOME
+        instance.add_dynamic_partitions("pairs", [p.id for p in load_manifest(SAMPLE_MANIFEST)])
+    assert main(["pairs"]) == 0
+    out = capsys.readouterr().out
+    assert "not registered" not in out and "repo_datasheet_pairs first" not in out
+    assert all(line.split()[-2] == "registered" for line in out.strip().splitlines())

@@ -22,7 +22,7 @@ from spark_pipeline.corpus.parquet import (
 )
 from spark_pipeline.corpus.settings import CorpusSettings
 from spark_pipeline.corpus.stages import chunk_rows, reason_counts, sample_rows
-from spark_pipeline.defs.pairs import pairs_partitions
+from spark_pipeline.defs.pairs import PAIR_PARTITIONS_NOTE, pairs_partitions
 from spark_pipeline.defs.resources import (
     AFTER_UPSTREAM,
     OWNERS,
@@ -53,7 +53,7 @@ def _json(path: Path) -> dict:
     deps=["specmap_mappings"],
     code_version="1",
     description="Stage 2 (§3.2): the pair's mapping file split at its section separators; large "
-    "sections at // File: markers, then function, then statement boundaries. {storage}/corpus/chunks/{pair}.parquet",
+    "sections at // File: markers, then function, then statement boundaries. {storage}/corpus/chunks/{pair}.parquet" + PAIR_PARTITIONS_NOTE,
 )
 def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     pair_id = context.partition_key
@@ -92,7 +92,7 @@ def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spa
     deps=["section_chunks"],
     code_version="1",
     description="Stage 3 (§3.2): garbage cleaning and the quality filter; every rejection kept with its "
-    "reason. {storage}/corpus/samples/{pair}.parquet and corpus/rejections/{pair}.parquet",
+    "reason. {storage}/corpus/samples/{pair}.parquet and corpus/rejections/{pair}.parquet" + PAIR_PARTITIONS_NOTE,
     check_specs=[dg.AssetCheckSpec("samples_within_length_bounds", asset="quality_samples",
                                    description="Every kept sample has 50..7,500 characters (the profile's bounds).")],
 )

@@ -24,7 +24,7 @@ from spark_pipeline.evaluation.evaluate import (
     evaluate_checkpoint,
     perplexity_outliers,
 )
-from spark_pipeline.plots import _plt, embed_png, save
+from spark_pipeline.plots import _plt, embed_png, save, sparkline_markdown
 from spark_pipeline.records import atomic_write_text, sha256_file
 from spark_pipeline.training.launch import base_model_folder, tokenizer_name
 from spark_pipeline.training.runs import bucket_checkpoints, checkpoint_folder, discover, healthy
@@ -128,23 +128,56 @@ def _fmt(value, interval=None) -> str:
     return text
 
 
-def _table_markdown(rows: list[dict]) -> str:
-    """The table with each metric's 95% interval in brackets (bootstrap over samples; Wilson for
-    exact match and compile rate; for ppl_reduction_vs_base the paired interval against the base)."""
-    cols = ["model", "split", "category", "samples", "flag", "perplexity", "ppl_reduction_vs_base", "tf_loss",
-            "tf_top1", "tf_top5", "gen_samples", "gen_token_accuracy", "bleu4", "exact_match", "compile_rate",
-            "memorized_longest_max"]
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+TABLE_COLUMNS = ["model", "split", "category", "samples", "flag", "perplexity", "ppl_reduction_vs_base", "tf_loss",
+                 "tf_top1", "tf_top5", "gen_samples", "gen_token_accuracy", "bleu4", "exact_match", "compile_rate",
+                 "memorized_longest_max"]
+
+
+def _table_cells(rows: list[dict]) -> list[dict[str, str]]:
+    """Each row's cells as text, each metric with its 95% interval in brackets (bootstrap over
+    samples; Wilson for exact match and compile rate; for ppl_reduction_vs_base the paired
+    interval against the base). One rendering for the Markdown file and the UI's table."""
+    out = []
     for r in rows:
-        cells = []
-        for c in cols:
+        cells = {}
+        for c in TABLE_COLUMNS:
             value = r.get(c, float("nan"))
             if c == "samples" and r.get("few_samples"):
                 value = f"{value} (few)"
             bounds = COLUMNS_WITH_INTERVALS.get(c)
-            cells.append(_fmt(value, (r.get(bounds[0]), r.get(bounds[1])) if bounds else None))
-        out.append("| " + " | ".join(cells) + " |")
+            cells[c] = _fmt(value, (r.get(bounds[0]), r.get(bounds[1])) if bounds else None)
+        out.append(cells)
+    return out
+
+
+def _table_markdown(rows: list[dict]) -> str:
+    out = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    out += ["| " + " | ".join(cells[c] for c in TABLE_COLUMNS) + " |" for cells in _table_cells(rows)]
     return "\n".join(out)
+
+
+def _table_metadata(rows: list[dict]) -> dg.MetadataValue:
+    """The same table as a Dagster table, which the asset page shows inline (Markdown this
+    long only opens behind a button)."""
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(cells) for cells in _table_cells(rows)],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in TABLE_COLUMNS]))
+
+
+PLOTTED_METRICS = ("perplexity", "ppl_reduction_vs_base", "gen_token_accuracy", "bleu4")
+
+
+def _plotted_metadata(rows: list[dict]) -> dict[str, float]:
+    """The adapter's overall numbers as plain floats: the UI's Plots tab draws every numeric
+    metadata key across materializations, here one point per checkpoint partition."""
+    out = {}
+    for r in rows:
+        if r["model"] != "base" and r["category"] == "all":
+            for metric in PLOTTED_METRICS:
+                value = r.get(metric)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    out[f"{r['split']}/{metric}"] = float(value)
+    return out
 
 
 def _withdraw(out: Path, reason: dict) -> Path | None:
@@ -238,7 +271,8 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(out / "table.parquet"),
                   "rows": len(rows), "perplexity_overall": dg.MetadataValue.json(overall),
-                  "table": dg.MetadataValue.md(markdown), "path": dg.MetadataValue.path(str(out)),
+                  "table": _table_metadata(rows), **_plotted_metadata(rows),
+                  "path": dg.MetadataValue.path(str(out)),
                   "generations": dg.MetadataValue.path(str(out / "generations.parquet")),
                   "examples": dg.MetadataValue.md(_examples_markdown(adapter_records)),
                   "regressions_vs_base": dg.MetadataValue.json(regressions),
@@ -528,6 +562,15 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(out / "report.parquet"),
                   "checkpoints": len(tables), "rows": len(rows), "path": dg.MetadataValue.path(str(out)),
+                  "perplexity_inline": dg.MetadataValue.md(sparkline_markdown(
+                      [r["perplexity"] for r in sorted(rows, key=lambda r: r["step"])
+                       if latest and r["model"].startswith("adapter") and _run_of(r) == latest[0]
+                       and r["split"] == "in_domain" and r["category"] == "all" and r.get("flag") != "outlier"],
+                      f"in-domain perplexity over the checkpoints of {latest[0] if latest else '-'}")),
+                  "latest_vs_base": _table_metadata(sorted(
+                      (r for r in rows if r["category"] == "all" and (r["model"] == "base" or _is_latest(r, latest)
+                                                                      or r["model"].startswith("external:"))),
+                      key=lambda r: (r["split"], r["model"] != "base", r["model"]))),
                   "blocked": dg.MetadataValue.json(blocked), "notes": dg.MetadataValue.md("\n\n".join(notes) or "-"),
                   "code_regression": dg.MetadataValue.json([{k: r.get(k) for k in (
                       "checkpoint", "model", "difficulty", "compile_rate", "pass_rate", "pass_rate_lo", "pass_rate_hi",
@@ -639,7 +682,7 @@ def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage,
     pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in GENERATION_COLUMNS} for r in records]),
                    out / "generations.parquet")
     return dg.MaterializeResult(metadata={"models": len(specs), "rows": len(rows), "usage": dg.MetadataValue.json(usage),
-                                          "table": dg.MetadataValue.md(_table_markdown(rows))})
+                                          "table": _table_metadata(rows)})
 
 
 @dg.asset(

@@ -11,6 +11,8 @@ from spark_pipeline.defs.resources import OWNERS, SparkStorage
 from spark_pipeline.specmap.pairs import ManifestError, prepare_pairs, read_manifest, record_path
 
 pairs_partitions = dg.DynamicPartitionsDefinition(name="pairs")
+PAIR_PARTITIONS_NOTE = (" Partitions: the pairs `repo_datasheet_pairs` registered; materialize it first (Dagster refuses a "
+                        "pair that is not registered before this code runs; `python -m spark_pipeline pairs` lists them).")
 
 
 class PairsConfig(dg.Config):

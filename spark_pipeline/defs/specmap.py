@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from spark_pipeline.defs.pairs import pairs_partitions
+from spark_pipeline.defs.pairs import PAIR_PARTITIONS_NOTE, pairs_partitions
 from spark_pipeline.defs.resources import OWNERS, SparkStorage, SpecMapJudge
 from spark_pipeline.specmap.ctags import CtagsError
 from spark_pipeline.specmap.judge import STATUSES, JudgeError
@@ -31,9 +31,10 @@ class SpecMapRunConfig(dg.Config):
     tags={"stage": "specmap"},
     group_name="specmap",
     partitions_def=pairs_partitions,
+    pool="specmap_llm",  # the judge's endpoint: `dagster instance concurrency set specmap_llm N` (docs/deploy.md)
     deps=["repo_datasheet_pairs"],
     description="SpecMap (paper §3.2 stage 1) for one pair: M1 folders, M2 files, M3 Universal Ctags "
-    "symbols, M4 sequential validation. Writes {storage}/specmap/{pair}/mapping.txt and mapping.json.",
+    "symbols, M4 sequential validation. Writes {storage}/specmap/{pair}/mapping.txt and mapping.json." + PAIR_PARTITIONS_NOTE,
     code_version="1",
     check_specs=[
         dg.AssetCheckSpec(CHECK_STATUS, asset="specmap_mappings",

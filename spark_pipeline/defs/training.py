@@ -9,7 +9,7 @@ from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field
 
 from spark_pipeline.defs.resources import OWNERS, SparkConfig, SparkStorage
-from spark_pipeline.plots import embed_png
+from spark_pipeline.plots import embed_png, sparkline_markdown
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
 from spark_pipeline.training.launch import base_model_folder, prepare_run, tokenizer_name, torchrun_command
 from spark_pipeline.training.model import base_identity
@@ -170,6 +170,8 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
              "lineage": dg.MetadataValue.json(lineage)}
     if plot:
         extra["loss_curve"] = dg.MetadataValue.md(embed_png(plot, "training loss"))
+        extra["loss_inline"] = dg.MetadataValue.md(sparkline_markdown(
+            [m["train/loss"] for m in messages if m.get("kind") == "step"], "train/loss per step"))
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra}, data_version=result.data_version)
 
 
