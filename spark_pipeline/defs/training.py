@@ -112,6 +112,32 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     import torch
 
     settings = TrainingSettings.load(spark_config.name())
+    cache, lineage = training_inputs(context, storage, settings)
+    gpus = torch.cuda.device_count()
+    nproc = config.nproc or (min(settings.gpus, gpus) if gpus else 1)
+    upload_root = (config.upload or os.environ.get("SPARK_CHECKPOINT_URL", "")).rstrip("/")
+    run_id, resume = _run_for(context, config, storage, upload_root)
+    run_dir = storage.path("runs", config.run_name, run_id)
+    upload = f"{upload_root}/{config.run_name}/{run_id}" if upload_root else ""
+    context.log.info(f"run {config.run_name}.{run_id} in {run_dir}" + (f", uploading to {upload}" if upload else ""))
+    invocation = launch_training(context, pipes_subprocess_client, settings, run_dir, cache,
+                                 base_model_folder(settings, storage.path()), lineage, nproc, resume=resume,
+                                 max_steps=config.max_steps, upload=upload, keep_local=config.keep_local)
+    messages = invocation.get_custom_messages()
+    result = invocation.get_materialize_result()
+    plot = _loss_plot(messages, run_dir / "loss.png")
+    extra = {"run_dir": dg.MetadataValue.path(str(run_dir)), "run_id": run_id, "nproc": nproc,
+             "lineage": dg.MetadataValue.json(lineage)}
+    if plot:
+        extra["loss_curve"] = dg.MetadataValue.md(embed_png(plot, "training loss"))
+        extra["loss_inline"] = dg.MetadataValue.md(sparkline_markdown(
+            [m["train/loss"] for m in messages if m.get("kind") == "step"], "train/loss per step"))
+    return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra}, data_version=result.data_version)
+
+
+def training_inputs(context, storage: SparkStorage, settings: TrainingSettings) -> tuple:
+    """(the tokenized cache of the current mixture, the lineage a run records): what every
+    training launch (train_hero, each sweep trial) starts from; a missing one is said plainly."""
     caches = [p.parent for p in storage.path("tokens").glob("*/.done")] if storage.path("tokens").exists() else []
     mixture = storage.path("corpus", "mixture", "manifest.json")
     if not mixture.exists():
@@ -134,45 +160,39 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
                "pairs": {p: registry["versions"][p] for p in manifest.get("pairs", {}) if p in registry["versions"]},
                "quality_samples": manifest["lineage"]["quality_samples"],
                "eval_sets": manifest["lineage"].get("eval_sets", {}), "dagster_run_id": context.run_id}
-    gpus = torch.cuda.device_count()
-    nproc = config.nproc or (min(settings.gpus, gpus) if gpus else 1)
-    base = base_model_folder(settings, storage.path())
-    lineage["base_model"] = base_identity(base)  # evaluation refuses the adapter on any other base
-    upload_root = (config.upload or os.environ.get("SPARK_CHECKPOINT_URL", "")).rstrip("/")
-    run_id, resume = _run_for(context, config, storage, upload_root)
-    run_dir = storage.path("runs", config.run_name, run_id)
+    lineage["base_model"] = base_identity(base_model_folder(settings, storage.path()))  # evaluation checks it
+    return cache, lineage
+
+
+def launch_training(context, pipes_subprocess_client, settings: TrainingSettings, run_dir, cache, base, lineage: dict,
+                    nproc: int, resume: str = "", max_steps: int = 0, upload: str = "", keep_local: bool = False,
+                    wandb_group: str = ""):
+    """One run of ``torchrun -m spark_pipeline.training`` through Dagster Pipes: the local
+    subprocess by default, the GPU pod when ``SPARK_TRAIN_LAUNCHER=k8s``. Returns the Pipes
+    invocation (its custom messages are the per-step metrics); a failed run raises a
+    ``dg.Failure`` that names divergence or the crash."""
     settings_file, lineage_file = prepare_run(run_dir, settings, lineage)
-    upload = f"{upload_root}/{config.run_name}/{run_id}" if upload_root else ""
-    extra = (["--upload", upload] if upload else []) + (["--keep-local"] if config.keep_local else [])
-    cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume, config.max_steps,
+    extra = (["--upload", upload] if upload else []) + (["--keep-local"] if keep_local else [])
+    cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume, max_steps,
                            extra, grace_s=settings.termination_grace_s)
-    context.log.info(f"run {config.run_name}.{run_id} in {run_dir}" + (f", uploading to {upload}" if upload else ""))
     context.log.info("launching: " + " ".join(cmd))
     env = {"WANDB_SILENT": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     if not os.environ.get("WANDB_API_KEY"):
         env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
+    if wandb_group:  # a sweep's trials are one W&B group
+        env["WANDB_RUN_GROUP"] = wandb_group
     try:
         if os.environ.get("SPARK_TRAIN_LAUNCHER", "local") == "k8s":  # a GPU pod on the cluster (deploy/)
             from dagster_k8s import PipesK8sClient
 
+            upload_root = upload.rsplit("/", 2)[0] if upload else ""
             launch = k8s_launch(settings, cmd, upload_root, env)
             context.log.info(f"launching the training pod ({launch['image']}, {settings.gpus} GPUs, grace "
                              f"{launch['base_pod_spec']['terminationGracePeriodSeconds']} s)")
-            invocation = PipesK8sClient().run(context=context, **launch)
-        else:
-            invocation = pipes_subprocess_client.run(command=cmd, context=context, env=env)
+            return PipesK8sClient().run(context=context, **launch)
+        return pipes_subprocess_client.run(command=cmd, context=context, env=env)
     except DagsterPipesExecutionError as exc:
         raise _training_failure(run_dir, exc) from exc
-    messages = invocation.get_custom_messages()
-    result = invocation.get_materialize_result()
-    plot = _loss_plot(messages, run_dir / "loss.png")
-    extra = {"run_dir": dg.MetadataValue.path(str(run_dir)), "run_id": run_id, "nproc": nproc,
-             "lineage": dg.MetadataValue.json(lineage)}
-    if plot:
-        extra["loss_curve"] = dg.MetadataValue.md(embed_png(plot, "training loss"))
-        extra["loss_inline"] = dg.MetadataValue.md(sparkline_markdown(
-            [m["train/loss"] for m in messages if m.get("kind") == "step"], "train/loss per step"))
-    return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra}, data_version=result.data_version)
 
 
 def k8s_launch(settings: TrainingSettings, cmd: list[str], upload_root: str, env: dict) -> dict:

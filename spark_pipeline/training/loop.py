@@ -242,7 +242,8 @@ def main(argv=None) -> int:
     dtype = getattr(torch, settings.dtype)
     attn = settings.attn_implementation if cuda or settings.attn_implementation != "flash_attention_2" else "sdpa"
     model = load_base_model(args.base_model, dtype=dtype, attn_implementation=attn, device=device)
-    lora = LoraSettings(settings.lora_r, settings.lora_alpha, settings.lora_dropout, settings.use_rslora)
+    lora = LoraSettings(settings.lora_r, settings.lora_alpha, settings.lora_dropout, settings.use_rslora,
+                        settings.lora_target_modules)
     model = add_adapters(model, lora)
     if settings.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -410,6 +411,7 @@ def main(argv=None) -> int:
         step_time = time.perf_counter() - t_step
         last_metrics = {
             "train/loss": loss, "train/learning_rate": scheduler.get_last_lr()[0],
+            "train/grad_norm": gnorm,  # before clipping: what the health monitor and the sweep's stability table see
             "train/grad_norm_post_clip": min(gnorm, settings.max_grad_norm) if math.isfinite(gnorm) else gnorm,
             "train/throughput_tokens_per_sec": tokens / step_time,  # per GPU (this rank's tokens)
             "train/step_time_sec": step_time, "train/anomaly_count": health.anomaly_count,

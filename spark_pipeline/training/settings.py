@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from spark_pipeline.config import load_config, profile_files
+from spark_pipeline.training.model import LORA_TARGETS
 
 
 class SettingsError(ValueError):
@@ -73,6 +74,9 @@ class TrainingSettings:
     nan_limit: int = 3
     param_norm_factor: float = 2.0
     """An adapter parameter norm more than this many times the previous step's stops the run."""
+    lora_target_modules: tuple[str, ...] = LORA_TARGETS
+    """The module types that get adapters (paper §4.2: all nine; the sweep of §5 also tries the
+    four attention projections alone)."""
 
     @classmethod
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> TrainingSettings:
@@ -87,7 +91,8 @@ class TrainingSettings:
             "embedding_lr_ratio": "training.optimizer.embedding_lr_ratio",
             "weight_decay": "training.optimizer.weight_decay", "betas": "training.optimizer.betas",
             "warmup_ratio": "training.optimizer.warmup_ratio", "max_grad_norm": "training.optimizer.max_grad_norm",
-            "nan_limit": "training.health.nan_limit", "param_norm_factor": "training.health.param_norm_factor"}
+            "nan_limit": "training.health.nan_limit", "param_norm_factor": "training.health.param_norm_factor",
+            "lora_target_modules": "training.lora.target_modules"}
         values = dict(
             base_model=t["base_model"] or "", dtype=m["dtype"], attn_implementation=m["attn_implementation"],
             shape=m["shape"], tokenizer=t["tokenizer"], max_length=t["max_length"], lora_r=lora["r"],
@@ -102,16 +107,19 @@ class TrainingSettings:
             schedule_horizon=t.get("schedule_horizon", "epoch"), mixed_precision=t.get("mixed_precision", "no"),
             loss_chunk_tokens=t.get("loss_chunk_tokens", 512), termination_grace_s=t.get("termination_grace_s", 300),
             upload_deadline_s=t.get("upload_deadline_s", 1800), nan_limit=health.get("nan_limit", 3),
-            param_norm_factor=health.get("param_norm_factor", 2.0))
+            param_norm_factor=health.get("param_norm_factor", 2.0),
+            lora_target_modules=lora.get("target_modules", list(LORA_TARGETS)))
         values.update(overrides or {})
         where = " or ".join(str(p) for p in profile_files(profile))
         validate(values, lambda name: keys.get(name, f"training.{name}"), where)
         values["betas"] = tuple(values["betas"])
+        values["lora_target_modules"] = tuple(values["lora_target_modules"])
         return cls(**values)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["lora_target_modules"] = list(self.lora_target_modules)
         return d
 
     def fingerprint(self) -> str:
@@ -126,6 +134,8 @@ class TrainingSettings:
             raise SettingsError(f"{source}: unknown training setting(s) {unknown}")
         validate(d, lambda name: name, source)
         d["betas"] = tuple(d["betas"])
+        if "lora_target_modules" in d:
+            d["lora_target_modules"] = tuple(d["lora_target_modules"])
         return cls(**d)
 
 
@@ -174,6 +184,8 @@ _RULES: dict[str, tuple[str, object]] = {
     "upload_deadline_s": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
     "nan_limit": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "param_norm_factor": ("a number > 1", lambda v: _number(v) and v > 1),
+    "lora_target_modules": (f"a non-empty list of module types among {', '.join(LORA_TARGETS)}",
+                            lambda v: isinstance(v, list | tuple) and len(v) > 0 and set(v) <= set(LORA_TARGETS)),
 }
 
 
