@@ -31,53 +31,97 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _runner(instance):
+    """A function that materializes a selection (one of the named demo jobs where there is
+    one, so the UI lists the runs under its name) and prints a line with the outcome."""
     import dagster as dg
 
     from spark_pipeline.definitions import DEMO_JOBS, defs
+
+    def run(selection: list[str], partition: str | None = None, run_config: dict | None = None) -> bool:
+        label = ", ".join(selection) + (f" [{partition}]" if partition else "")
+        t0 = time.perf_counter()
+        job = DEMO_JOBS.get(tuple(selection))
+        config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(run_config or {})}
+        if job:
+            result = defs.resolve_job_def(job).execute_in_process(
+                instance=instance, partition_key=partition, raise_on_error=False, tags={"spark/source": "demo"},
+                run_config=config)
+        else:
+            result = dg.materialize(list(defs.assets), selection=selection, partition_key=partition,
+                                    instance=instance, resources=defs.resources, raise_on_error=False,
+                                    tags={"spark/source": "demo"}, run_config=config)
+        print(f"  {'ok  ' if result.success else 'FAIL'} {label} ({time.perf_counter() - t0:.1f} s)")
+        if not result.success:
+            for line in failure_lines(result.all_events):
+                print("       " + line)
+        return result.success
+
+    return run
+
+
+def _data_stages(run, instance, storage) -> int | None:
+    """Pairs, the per-pair stages, evaluation sets, mixture and tokenized cache. Returns the
+    number of failures, or None when not even the pairs could be read."""
+    from spark_pipeline.defs.pairs import pairs_partitions
+
+    print("pairs")
+    if not run(["repo_datasheet_pairs"]):
+        return None
+    print("per pair: SpecMap, chunks, quality samples")
+    failures = 0
+    for key in instance.get_dynamic_partitions(pairs_partitions.name):
+        if (storage / "pairs" / key / "pair.json").exists():
+            failures += not run(["specmap_mappings", "section_chunks", "quality_samples"], key)
+    print("all pairs: evaluation sets, training mixture; tokenization")
+    for selection in (["eval_sets"], ["training_mixture"], ["tokenized_cache"]):
+        if not run(selection):
+            return failures + 1
+    return failures
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The hyperparameter sweep on the active profile (the demo's 2 x 2 grid by default), after
+    the data stages when there is no tokenized cache yet; then its analysis."""
+    instance = _instance()
+    storage = settings.storage_root()
+    run = _runner(instance)
+    print(f"storage root : {storage}\nDagster home : {os.environ['DAGSTER_HOME']}\n")
+    if not any((storage / "tokens").glob("*/.done")):
+        print("no tokenized cache yet: the data stages first")
+        failures = _data_stages(run, instance, storage)
+        if failures is None or failures:
+            return 1
+    print("sweep: trials, then the analysis")
+    trials = {"sweep": args.config, "max_trials": args.max_trials}
+    ok = run(["sweep_trials", "sweep_analysis"], run_config={"ops": {
+        "sweep_trials": {"config": trials}, "sweep_analysis": {"config": {"sweep": args.config}}}})
+    from spark_pipeline.sweep.settings import SweepSettings
+
+    folder = storage / "sweep" / SweepSettings.load(None, args.config).study
+    if ok and (folder / "analysis.json").exists():
+        analysis = json.loads((folder / "analysis.json").read_text())
+        print(f"\n{analysis['completed_runs']} completed runs, {analysis['pruned_runs']} pruned; "
+              f"analysis: {folder / 'analysis.md'} (plots beside it)")
+        for w in analysis["warnings"]:
+            print(f"warning: {w}")
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from spark_pipeline.defs.pairs import pairs_partitions
 
     instance = _instance()
     storage = settings.storage_root()
     print(f"storage root : {storage}\nDagster home : {os.environ['DAGSTER_HOME']}\n"
           f"manifest     : {settings.default_manifest()}\n")
-    assets = list(defs.assets)
-    resources = defs.resources
     started = time.perf_counter()
-
-    def run(selection: list[str], partition: str | None = None) -> bool:
-        label = ", ".join(selection) + (f" [{partition}]" if partition else "")
-        t0 = time.perf_counter()
-        job = DEMO_JOBS.get(tuple(selection))
-        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        if job:  # a named job: the UI lists the demo's runs under its name
-            result = defs.resolve_job_def(job).execute_in_process(
-                instance=instance, partition_key=partition, raise_on_error=False, tags={"spark/source": "demo"},
-                run_config=quiet)
-        else:
-            result = dg.materialize(assets, selection=selection, partition_key=partition, instance=instance,
-                                    resources=resources, raise_on_error=False, tags={"spark/source": "demo"},
-                                    run_config=quiet)
-        ok = result.success
-        print(f"  {'ok  ' if ok else 'FAIL'} {label} ({time.perf_counter() - t0:.1f} s)")
-        if not ok:
-            for line in failure_lines(result.all_events):
-                print("       " + line)
-        return ok
-
-    print("pairs")
-    if not run(["repo_datasheet_pairs"]):
+    run = _runner(instance)
+    failures = _data_stages(run, instance, storage)
+    if failures is None:
         return 1
-    print("per pair: SpecMap, chunks, quality samples")
-    failures = 0
-    for key in instance.get_dynamic_partitions(pairs_partitions.name):
-        if (storage / "pairs" / key / "pair.json").exists():
-            failures += not run(["specmap_mappings", "section_chunks", "quality_samples"], key)
-    print("all pairs: evaluation sets, training mixture; tokenization; training")
-    for selection in (["eval_sets"], ["training_mixture"], ["tokenized_cache"], ["train_hero"]):
-        if not run(selection):
-            failures += 1
-            break
+    if not run(["train_hero"]):
+        failures += 1
 
     if not failures:
         from spark_pipeline.defs.evaluation import checkpoint_partitions, discover_checkpoints
@@ -241,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="materialize every asset on the configured pairs").set_defaults(fn=cmd_demo)
     sub.add_parser("pairs", help="list the manifest's pairs").set_defaults(fn=cmd_pairs)
+    sw = sub.add_parser("sweep", help="run or continue the hyperparameter sweep, then analyse it")
+    sw.add_argument("--config", default="", help="a YAML overlaying configs/sweep.yaml")
+    sw.add_argument("--max-trials", type=int, default=0, help="stop after this many trials (0: all)")
+    sw.set_defaults(fn=cmd_sweep)
     lin = sub.add_parser("lineage", help="the chain from an evaluation table back to the pair partitions")
     lin.add_argument("checkpoint", help="a checkpoint partition key, e.g. hero.20261122-093015-a3f1--checkpoint-6")
     lin.set_defaults(fn=cmd_lineage)

@@ -23,6 +23,7 @@ from spark_pipeline.defs.pairs import (
 )
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
 from spark_pipeline.defs.specmap import specmap_mappings
+from spark_pipeline.defs.sweep import sweep_analysis, sweep_trials
 from spark_pipeline.defs.training import tokenized_cache, train_hero
 
 specmap_job = dg.define_asset_job(
@@ -46,18 +47,22 @@ checkpoint_eval_job = dg.define_asset_job(
     partitions_def=checkpoint_partitions, description="Evaluate one checkpoint partition.")
 report_job = dg.define_asset_job("report_job", selection=[external_baselines, evaluation_report],
                                  description="External baselines and the evaluation report.")
+sweep_job = dg.define_asset_job("sweep_job", selection=[sweep_trials, sweep_analysis],
+                                description="Run or continue the hyperparameter sweep (configs/sweep.yaml), then "
+                                "analyse it.")
 DEMO_JOBS = {("repo_datasheet_pairs",): "pairs_job", ("specmap_mappings", "section_chunks", "quality_samples"): "pair_job",
              ("eval_sets",): "eval_sets_job", ("training_mixture",): "mixture_job",
              ("tokenized_cache",): "tokenize_job", ("train_hero",): "train_job",
              ("checkpoints", "checkpoint_eval", "code_regression"): "checkpoint_eval_job",
-             ("external_baselines", "evaluation_report"): "report_job"}
+             ("external_baselines", "evaluation_report"): "report_job",
+             ("sweep_trials", "sweep_analysis"): "sweep_job"}
 
 defs = dg.Definitions(
     assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture,
             tokenized_cache, train_hero, checkpoints, checkpoint_eval, code_regression, external_baselines,
-            evaluation_report],
+            evaluation_report, sweep_trials, sweep_analysis],
     jobs=[specmap_job, pair_job, pairs_job, eval_sets_job, mixture_job, tokenize_job, train_job,
-          checkpoint_eval_job, report_job],
+          checkpoint_eval_job, report_job, sweep_job],
     sensors=[new_pairs_sensor, new_checkpoints_sensor, spark_automation_sensor],
     schedules=[reevaluation_schedule],
     resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig(),

@@ -404,3 +404,42 @@ def test_a_pair_whose_specmap_failed_is_left_out_not_served_stale(storage, tmp_p
         rows = [r for s in manifest_json["shards"] for r in read_rows(storage / "corpus" / "mixture" / s["file"])]
         assert rows and {r["pair_id"] for r in rows} == {"spk32_gpio_uart_hal"}
         assert "skm6_imu_i2c" not in manifest_json["lineage"]["quality_samples"]
+
+
+def test_sweep_on_the_embedded_default_runs_continues_and_ends_in_its_analysis(built, monkeypatch):
+    """The demo's 2 x 2 grid of tiny trials through Dagster: a first materialization stops
+    after two trials, the next continues with the other two (the first two neither trained
+    again nor touched), and the analysis has its tables and plots."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    storage, instance = built["storage"], built["instance"]
+    assert built["run"](["tokenized_cache"]).success
+    first = built["run"](["sweep_trials"], run_config={"ops": {"sweep_trials": {"config": {"max_trials": 2}}}})
+    assert first.success
+    meta = first.asset_materializations_for_node("sweep_trials")[0].metadata
+    assert meta["trials_by_state"].value == {"COMPLETE": 2} and meta["study_finished"].value is False
+    runs_dir = storage / "sweep" / "demo-sweep" / "runs"
+    before = {p: p.read_bytes() for p in runs_dir.rglob("*") if p.is_file()}
+    assert len({p.relative_to(runs_dir).parts[0] for p in before}) == 2
+    lineage = json.loads(next(runs_dir.glob("*/checkpoints/checkpoint-2/lineage.json")).read_text())
+    assert lineage["sweep"]["study"] == "demo-sweep" and lineage["mixture_hash"], "each trial has its lineage"
+    settings = json.loads(next(runs_dir.glob("r4-attention-*/settings.json")).read_text())
+    assert settings["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"] and settings["lora_alpha"] == 8
+
+    done = built["run"](["sweep_trials", "sweep_analysis"])
+    assert done.success
+    meta = done.asset_materializations_for_node("sweep_trials")[0].metadata
+    assert meta["trials_by_state"].value == {"COMPLETE": 4} and meta["study_finished"].value is True
+    assert len(meta["trials_this_run"].value) == 2
+    assert {p: p.read_bytes() for p in before} == before, "the first two trials' runs were not touched"
+    rows = read_rows(storage / "sweep" / "demo-sweep" / "runs.parquet")
+    assert sorted(r["configuration"] for r in rows) == ["r4-attention-lr0.002-s0", "r4-full-lr0.002-s0",
+                                                        "r8-attention-lr0.002-s0", "r8-full-lr0.002-s0"]
+    assert all(r["final_loss"] > 0 and r["peak_grad_norm"] > 0 and r["steps"] == 2 for r in rows)
+    analysis = done.asset_materializations_for_node("sweep_analysis")[0].metadata
+    assert len(analysis["marginal_means"].value.records) == 5  # 2 ranks, 2 target sets, 1 learning rate
+    assert {r.data["factor"] for r in analysis["matched_comparisons"].value.records} == {"lora_r", "targets"}
+    for plot in ("objective_per_trial", "factors", "importance"):
+        assert "data:image/png;base64," in analysis[plot].value
+    assert "fanova" in analysis["importances"].value
+    assert (storage / "sweep" / "demo-sweep" / "analysis.md").read_text().startswith("# Sweep analysis")
+    assert [e.check_name for e in done.get_asset_check_evaluations()] == ["analysis_without_warnings"]

@@ -58,6 +58,19 @@ from spark_pipeline.training.model import LoraSettings, add_adapters, load_base_
 from spark_pipeline.training.runs import mark_unhealthy
 from spark_pipeline.training.settings import SettingsError, TrainingSettings
 
+METRICS_FILE = "metrics.jsonl"  # one line of metrics per optimizer step, written by rank 0
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """A run's per-step metrics; a resumed step's later line wins."""
+    path = Path(run_dir) / METRICS_FILE
+    by_step = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.strip():
+            row = json.loads(line)
+            by_step[row["step"]] = row
+    return [by_step[k] for k in sorted(by_step)]
+
 
 class Reporter:
     """W&B (offline unless a key is configured) on every rank 0 step, and Dagster Pipes
@@ -68,6 +81,7 @@ class Reporter:
         self.pipes = None
         self.wandb = None
         self.run_id = run_id
+        self.metrics_file = run_dir / METRICS_FILE
         if rank != 0:
             return
         if os.environ.get("DAGSTER_PIPES_CONTEXT"):
@@ -114,6 +128,8 @@ class Reporter:
     def step(self, metrics: dict, step: int) -> None:
         if self.rank != 0:
             return
+        with open(self.metrics_file, "a") as f:  # the run's own record, whatever the loggers do
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.wandb:
             try:
                 self.wandb.log(metrics, step=step)
