@@ -411,7 +411,7 @@ def test_sweep_on_the_embedded_default_runs_continues_and_ends_in_its_analysis(b
     after two trials, the next continues with the other two (the first two neither trained
     again nor touched), and the analysis has its tables and plots."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    storage, instance = built["storage"], built["instance"]
+    storage = built["storage"]
     assert built["run"](["tokenized_cache"]).success
     first = built["run"](["sweep_trials"], run_config={"ops": {"sweep_trials": {"config": {"max_trials": 2}}}})
     assert first.success
