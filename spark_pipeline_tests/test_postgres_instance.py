@@ -102,3 +102,38 @@ def test_the_demo_assets_run_on_a_postgres_backed_instance(postgres, pg_home, st
         assert [(c.run_id, c.status.value) for c in history] == [(mapped.run_id, "SUCCEEDED")]
     finally:
         again.dispose()
+
+
+def test_the_sweep_study_lives_in_the_instance_postgres_in_its_own_schema(postgres, pg_home, storage, monkeypatch):
+    """With a Postgres-backed instance the Optuna study goes to the same server, in the schema
+    spark_sweep: Optuna and Dagster each keep an alembic_version table, which must stay apart."""
+    from optuna.trial import TrialState
+
+    from spark_pipeline.sweep.settings import SweepSettings
+    from spark_pipeline.sweep.study import open_study, run_study, storage_url
+
+    monkeypatch.delenv("SPARK_SWEEP_STORAGE", raising=False)
+    instance = _open(pg_home)
+    try:
+        url = storage_url(storage, instance)
+    finally:
+        instance.dispose()
+    assert url.startswith("postgresql") and "search_path%3Dspark_sweep" in url
+    settings = SweepSettings.load("demo")
+    run_study(open_study(settings, url), settings,
+              lambda params, seed, n: {"seed": seed, "final_loss": 1.0 / params["lora_r"], "min_loss": 0.1},
+              max_trials=2)
+    again = open_study(settings, url)  # another worker opening the same study
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    conn = postgres.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_schema, count(*) FROM information_schema.tables WHERE table_name IN "
+                        "('studies', 'trials', 'alembic_version') GROUP BY table_schema")
+            tables = dict(cur.fetchall())
+            cur.execute("SELECT count(*) FROM spark_sweep.trials")
+            assert cur.fetchone() == (2,)
+    finally:
+        conn.close()
+    assert tables.get("spark_sweep") == 3, tables
+    assert tables.get("public", 0) <= 1, "only Dagster's alembic_version in the public schema"
