@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 3000
 
-.PHONY: setup demo test lint bench ui clean
+.PHONY: setup demo sweep test lint bench ui clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -19,6 +19,11 @@ setup:
 
 demo: setup
 	$(PY) -m spark_pipeline demo
+
+# The hyperparameter sweep on the active profile (the demo's 2 x 2 grid of tiny runs by default);
+# SWEEP_CONFIG=my-sweep.yaml overlays configs/sweep.yaml.
+sweep: setup
+	$(PY) -m spark_pipeline sweep $(if $(SWEEP_CONFIG),--config $(SWEEP_CONFIG))
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
