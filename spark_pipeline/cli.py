@@ -136,6 +136,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             failures += not run(["checkpoints", "checkpoint_eval", "code_regression"], key)
         if found and not failures:
             failures += not run(["external_baselines", "evaluation_report"])
+        if found and not failures:
+            print("release: the last checkpoint")
+            last = max(found, key=lambda k: (k.split("--")[0], int(k.rsplit("-", 1)[-1])))
+            failures += not run(["release"], last)
 
     print(f"\nfinished in {time.perf_counter() - started:.1f} s\n")
     print(f"{'pair':28} {'sections':>8} {'impl.':>6} {'partial':>7} {'none':>5} {'n/a':>5} {'coverage':>8}")
@@ -164,6 +168,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"training: {r['steps']} steps, final loss {r['final_loss']:.3f}, {r['trainable_parameters']:,} trainable "
               f"parameters; checkpoint {r['final_checkpoint']}")
         print(f"lineage: {r['final_checkpoint']}/lineage.json")
+    releases = sorted((storage / "releases").glob("*/README.md"), key=lambda p: p.stat().st_mtime)
+    if releases:
+        print(f"release: {releases[-1].parent} (model card README.md, merged/, adapter/, adapter-serving/, "
+              "SHA256SUMS)")
     report = storage / "evaluation" / "report"
     if (report / "report.md").exists():
         print(f"evaluation tables: {storage / 'evaluation'}/<checkpoint>/table.md; report and plots: {report}")
@@ -195,15 +203,29 @@ def failure_lines(events) -> list[str]:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    """Print table -> checkpoint -> tokenized cache -> mixture -> pair partitions for a checkpoint."""
+    """Print [release ->] table -> checkpoint -> tokenized cache -> mixture -> pair partitions."""
     from spark_pipeline.training.runs import checkpoint_folder
 
     storage = settings.storage_root()
+    release = Path(args.checkpoint)
+    if (release / "release.json").exists():  # a release folder: check its files, then follow its checkpoint
+        from spark_pipeline.release.build import verify_sums
+
+        info = json.loads((release / "release.json").read_text())
+        bad = verify_sums(release)
+        print(f"release            {release}  ({'every file matches SHA256SUMS' if not bad else 'CHANGED: ' + ', '.join(bad)})")
+        print(f"  merged weights   {release / 'merged'}  ({info['merged']['dtype']}, "
+              f"top-1 agreement {info['merged']['verification']['top1_agreement']:.2%} with base + adapter)")
+        args.checkpoint = info["checkpoint"]
+        if bad:
+            return 1
     try:
         folder = checkpoint_folder(storage, args.checkpoint)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if not (folder / "lineage.json").exists() and (release / "release.json").exists():
+        folder = release  # a release copied away from its storage carries the checkpoint's lineage.json
     if not (folder / "lineage.json").exists():
         print(f"no checkpoint {args.checkpoint!r} at {folder}", file=sys.stderr)
         return 2
@@ -290,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--max-trials", type=int, default=0, help="stop after this many trials (0: all)")
     sw.set_defaults(fn=cmd_sweep)
     lin = sub.add_parser("lineage", help="the chain from an evaluation table back to the pair partitions")
-    lin.add_argument("checkpoint", help="a checkpoint partition key, e.g. hero.20261122-093015-a3f1--checkpoint-6")
+    lin.add_argument("checkpoint", help="a checkpoint partition key, e.g. hero.20261122-093015-a3f1--checkpoint-6, "
+                     "or a release folder")
     lin.set_defaults(fn=cmd_lineage)
     up = sub.add_parser("upload", help="upload a run's checkpoints that are not in the bucket yet")
     up.add_argument("run_dir", help="the run's folder, <storage>/runs/<name>/<run id>")

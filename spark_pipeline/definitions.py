@@ -21,6 +21,7 @@ from spark_pipeline.defs.pairs import (
     repo_datasheet_pairs,
     spark_automation_sensor,
 )
+from spark_pipeline.defs.release import release
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, SpecMapJudge
 from spark_pipeline.defs.specmap import specmap_mappings
 from spark_pipeline.defs.sweep import sweep_analysis, sweep_trials
@@ -47,6 +48,9 @@ checkpoint_eval_job = dg.define_asset_job(
     partitions_def=checkpoint_partitions, description="Evaluate one checkpoint partition.")
 report_job = dg.define_asset_job("report_job", selection=[external_baselines, evaluation_report],
                                  description="External baselines and the evaluation report.")
+release_job = dg.define_asset_job(
+    "release_job", selection=[release], partitions_def=checkpoint_partitions,
+    description="The release folder of one evaluated checkpoint: model card, merged weights, adapters.")
 sweep_job = dg.define_asset_job("sweep_job", selection=[sweep_trials, sweep_analysis],
                                 description="Run or continue the hyperparameter sweep (configs/sweep.yaml), then "
                                 "analyse it.")
@@ -55,14 +59,14 @@ DEMO_JOBS = {("repo_datasheet_pairs",): "pairs_job", ("specmap_mappings", "secti
              ("tokenized_cache",): "tokenize_job", ("train_hero",): "train_job",
              ("checkpoints", "checkpoint_eval", "code_regression"): "checkpoint_eval_job",
              ("external_baselines", "evaluation_report"): "report_job",
-             ("sweep_trials", "sweep_analysis"): "sweep_job"}
+             ("sweep_trials", "sweep_analysis"): "sweep_job", ("release",): "release_job"}
 
 defs = dg.Definitions(
     assets=[repo_datasheet_pairs, specmap_mappings, section_chunks, quality_samples, eval_sets, training_mixture,
             tokenized_cache, train_hero, checkpoints, checkpoint_eval, code_regression, external_baselines,
-            evaluation_report, sweep_trials, sweep_analysis],
+            evaluation_report, release, sweep_trials, sweep_analysis],
     jobs=[specmap_job, pair_job, pairs_job, eval_sets_job, mixture_job, tokenize_job, train_job,
-          checkpoint_eval_job, report_job, sweep_job],
+          checkpoint_eval_job, report_job, release_job, sweep_job],
     sensors=[new_pairs_sensor, new_checkpoints_sensor, spark_automation_sensor],
     schedules=[reevaluation_schedule],
     resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig(),

@@ -1,6 +1,7 @@
 """The corpus assets through a real Dagster instance, on three sample pairs (one held out)."""
 
 import json
+import math
 from pathlib import Path
 
 import dagster as dg
@@ -334,6 +335,8 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert {r.data["model"] for r in latest_rows} == {"base", f"adapter:{key}"} and len(latest_rows) == 4
     assert (storage / "evaluation" / "report" / "report.md").exists()
 
+    _check_release(built, key, folder, monkeypatch)
+
     schedule_requests = reevaluation_schedule(dg.build_schedule_context(instance=instance))
     assert [r.partition_key for r in schedule_requests] == [key]
     assert schedule_requests[0].run_key.startswith(f"reeval:{key}:")
@@ -443,3 +446,108 @@ def test_sweep_on_the_embedded_default_runs_continues_and_ends_in_its_analysis(b
     assert "fanova" in analysis["importances"].value
     assert (storage / "sweep" / "demo-sweep" / "analysis.md").read_text().startswith("# Sweep analysis")
     assert [e.check_name for e in done.get_asset_check_evaluations()] == ["analysis_without_warnings"]
+
+
+def _check_release(built, key: str, checkpoint: Path, monkeypatch):
+    """The release of an evaluated checkpoint: a model card that parses and renders with its
+    plots, merged weights that load without PEFT and match base + adapter, the adapter as
+    trained and one without embedding layers (its cost measured), SHA256SUMS, lineage, and the
+    upload to a bucket (the GCS emulator with the real client)."""
+    import contextlib
+    import io
+    import re
+    import subprocess
+    import sys
+
+    import markdown
+    import torch
+    import yaml
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from spark_pipeline.cli import main
+    from spark_pipeline.release.build import ReleaseSettings, _adapted, compare_logits, merge, verify_sums
+    from spark_pipeline.training.gcs import make_client
+    from spark_pipeline.training.model import base_identity
+    from spark_pipeline_tests.gcs_emulator import Emulator
+
+    storage = built["storage"]
+    emu = Emulator().start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.host)
+        result = built["run"](["release"], key, run_config={"ops": {"release": {"config": {
+            "upload": "gs://spark-test/releases"}}}})
+        uploaded = sorted(b.name for b in make_client().list_blobs("spark-test", prefix="releases/"))
+    finally:
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+        emu.stop()
+    assert result.success
+    out = storage / "releases" / key
+    meta = result.asset_materializations_for_node("release")[0].metadata
+    assert meta["uploaded_to"].value == f"gs://spark-test/releases/{key}"
+    assert f"releases/{key}/README.md" in uploaded and f"releases/{key}/SHA256SUMS" in uploaded
+    assert any(n.startswith(f"releases/{key}/merged/model-") for n in uploaded)
+
+    # the model card: Hugging Face front matter, then Markdown that renders with its tables and plots
+    card = (out / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    front = yaml.safe_load(front)
+    info = json.loads((out / "release.json").read_text())
+    assert front["library_name"] == "peft" and front["license"] == "apache-2.0"
+    assert front["base_model"] == base_identity(Path(info["base_model"]["path"]))["name"]
+    assert front["spark_lineage"]["mixture_hash"] == json.loads((checkpoint / "lineage.json").read_text())["mixture_hash"]
+    assert set(front["spark_lineage"]["pairs"]) == {"skm6_imu_i2c", "spk32_gpio_uart_hal"}
+    html = markdown.markdown(body, extensions=["tables"])
+    assert html.count("<table>") >= 4, "use, settings, data, pairs and evaluation tables render as tables"
+    images = re.findall(r'<img alt="[^"]*" src="([^"]+)"', html)
+    assert images and all((out / src).is_file() for src in images), images
+    assert "[" in body and "95% intervals" in body, "the evaluation table with its intervals"
+    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        counted = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    trained = json.loads((checkpoint.parent.parent / "result.json").read_text())["trainable_parameters"]
+    assert info["trainable_parameters"] == counted == trained and f"{trained:,}" in body
+
+    # the merged folder loads with transformers alone (PEFT made unimportable) and matches base + adapter
+    probe = [[100, 200, 300, 400, 500, 600, 700, 800]]
+    code = ("import sys, json, torch; sys.modules['peft'] = None\n"
+            "from transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(out / 'merged')!r}).eval()\n"
+            "assert not any('lora' in n for n, _ in m.named_parameters())\n"
+            f"print(json.dumps(m(input_ids=torch.tensor({probe})).logits.float().tolist()))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    merged_logits = torch.tensor(json.loads(loaded.stdout.strip().splitlines()[-1]))
+    reference = _adapted(Path(info["base_model"]["path"]), out / "adapter", torch.float32)
+    with torch.no_grad():
+        ref_logits = reference(input_ids=torch.tensor(probe)).logits.float()
+    scale = float(ref_logits.abs().max())
+    assert float((merged_logits - ref_logits).abs().max()) <= 0.02 * scale, "bf16 merged: within 2% of the largest logit"
+    assert info["merged"]["verification"]["top1_agreement"] >= 0.95
+    assert len(list((out / "merged").glob("model-*.safetensors"))) >= 2, "sharded at max_shard_size"
+    # the merge itself is exact: in float32 the merged model's logits equal base + adapter to 1e-4
+    exact = merge(Path(info["base_model"]["path"]), out / "adapter", storage / "merged32",
+                  ReleaseSettings(dtype="float32"), info["base_model"])
+    assert "config.json" in exact["files"]
+    merged32 = AutoModelForCausalLM.from_pretrained(str(storage / "merged32"), dtype=torch.float32).eval()
+    assert compare_logits(reference, merged32, probe)["max_abs_logit_diff"] <= 1e-4
+
+    # the serving adapter: no embedding-layer parts, and what that costs is in the card
+    with safe_open(str(out / "adapter-serving" / "adapter_model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "embed_tokens" in k or "lm_head" in k]  # noqa: SIM118
+    config = json.loads((out / "adapter-serving" / "adapter_config.json").read_text())
+    assert "embed_tokens" not in config["target_modules"] and "q_proj" in config["target_modules"]
+    cost = info["serving_adapter"]["cost"]
+    assert cost["samples"] > 0 and math.isfinite(cost["perplexity_change"])
+    assert f"{cost['perplexity_change']:+.2%}" in body
+
+    # every file's sha256, and the walk from the release to the pairs
+    assert verify_sums(out) == []
+    assert (out / "lineage.json").read_bytes() == (checkpoint / "lineage.json").read_bytes()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["lineage", str(out)]) == 0
+    assert "every file matches SHA256SUMS" in printed.getvalue() and "skm6_imu_i2c" in printed.getvalue()
+    (out / "merged" / "config.json").write_text((out / "merged" / "config.json").read_text() + " ")
+    assert verify_sums(out) == ["merged/config.json"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["lineage", str(out)]) == 1, "a changed file is reported"
