@@ -2,6 +2,7 @@
 pruning, and a sweep killed mid-trial that resumes on a real SQLite-backed Optuna study."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -215,3 +216,32 @@ def test_the_study_storage_defaults_to_sqlite_under_the_storage_root(tmp_path, m
     assert storage_url(tmp_path) == f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
     monkeypatch.setenv("SPARK_SWEEP_STORAGE", "postgresql://u:p@db/optuna")
     assert storage_url(tmp_path) == "postgresql://u:p@db/optuna"
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_tpe_and_gp_samplers_run_the_configured_number_of_trials_over_lists_and_ranges(tmp_path, sampler):
+    from optuna.trial import TrialState
+
+    from spark_pipeline.sweep.study import open_study, run_study
+
+    path = tmp_path / "bayes.yaml"
+    path.write_text(yaml.safe_dump({"study": f"bayes-{sampler}", "sampler": sampler, "trials": 4, "seeds": [0, 1],
+                                    "space": {"lora_r": [4, 8], "targets": ["attention", "full"],
+                                              "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}))
+    settings = SweepSettings.load("demo", str(path))
+    study = open_study(settings, f"sqlite:///{tmp_path / 'optuna.db'}")
+    seen = []
+
+    def train(params, seed, number):
+        seen.append((params["lora_r"], params["targets"], params["learning_rate"], seed))
+        return {"seed": seed, "final_loss": 1.0 + abs(math.log10(params["learning_rate"]) + 3), "min_loss": 1.0}
+
+    run_study(study, settings, train)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert len(seen) == 8 and all(1e-4 <= lr <= 1e-2 for _, _, lr, _ in seen)
+    result = analyse([{"params": t.params, "state": "COMPLETE", "value": t.value, "trial": t.number}
+                      for t in study.trials], settings.space, study=study)
+    tried = sorted({lr for _, _, lr, _ in seen})
+    assert [m["level"] for m in result["marginal_means"] if m["factor"] == "learning_rate"] == tried, \
+        "a range's levels are the values the sampler tried"
+    assert {m["factor"] for m in result["marginal_means"]} == {"lora_r", "targets", "learning_rate"}

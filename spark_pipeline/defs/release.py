@@ -63,7 +63,8 @@ def card_inputs(storage: SparkStorage, key: str, lineage: dict, settings: Traini
     return {"training_settings": settings.to_dict(), "mixture": mixture,
             "cache": json.loads(cache_file.read_text()) if cache_file.exists() else {},
             "category_tokens": category_tokens, "pairs": pairs, "held_out_pairs": held_out,
-            "table_markdown": table.read_text() if table.exists() else "", "few_categories": few,
+            "eval_rows": rows, "eval_files": [str(f) for f in (table, rows_file) if f.exists()],
+            "few_categories": few,
             "min_samples": min_samples, "headline": headline.strip(),
             "plots": sorted(str(p) for p in report.glob("*.png")) if report.exists() else [],
             "demo_model": not settings.base_model}

@@ -247,6 +247,10 @@ def build_release(checkpoint: Path, key: str, out: Path, base_model: Path, setti
                        "max_shard_size": settings.max_shard_size, "verification": verification},
             "serving_adapter": {"left_out": dropped, "cost": cost},
             "tokens_seen": trainer_state.get("tokens_seen"), "settings": vars(settings)}
+    evaluation = tmp / "evaluation"
+    evaluation.mkdir()
+    for f in card_inputs.get("eval_files", []):  # the checkpoint's whole evaluation table, every metric
+        shutil.copy2(f, evaluation / Path(f).name)
     plots = tmp / "plots"
     plots.mkdir()
     for png in card_inputs.get("plots", []):

@@ -100,10 +100,12 @@ def model_card(info: dict, lineage: dict, settings, inputs: dict) -> str:
         lines.append(f"| {p['id']} | {p.get('domain_category')} | `{str(p.get('revision'))[:24]}` | {sheets} | "
                      f"`{lineage.get('quality_samples', {}).get(p['id'], '')}` |")
     lines += ["", "## Evaluation", ""]
-    if inputs.get("table_markdown"):
-        lines += [f"Checkpoint `{info['checkpoint']}` against its base on the held-in and held-out evaluation sets; "
-                  "95% intervals in brackets (bootstrap over samples; Wilson for rates; the perplexity reduction "
-                  "paired with the base).", "", inputs["table_markdown"].strip(), ""]
+    rows = inputs.get("eval_rows") or []
+    if rows:
+        lines += [f"Checkpoint `{info['checkpoint']}` against its base on the in-domain and held-out evaluation sets, "
+                  "95% intervals in brackets (bootstrap over samples; the perplexity reduction paired with the base "
+                  "on the same samples). Every metric, with its interval, is in `evaluation/table.md`.", "",
+                  *evaluation_table(rows), ""]
     else:
         lines += ["Not evaluated yet.", ""]
     for name in inputs.get("plots", []):
@@ -125,3 +127,30 @@ def model_card(info: dict, lineage: dict, settings, inputs: dict) -> str:
               "`SHA256SUMS` lists the sha256 of every file here; `lineage.json` is the checkpoint's, and "
               "`python -m spark_pipeline lineage <this folder>` walks from it to the pair partitions."]
     return "\n".join(lines) + "\n"
+
+
+def _ci(row: dict, metric: str, digits: int = 3, percent: bool = False) -> str:
+    value, lo, hi = row.get(metric), row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    if value is None or value != value:
+        return "-"
+    fmt = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.{digits}f}")
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def evaluation_table(rows: list[dict]) -> list[str]:
+    """One line per split and category: the base against the checkpoint, narrow enough to read."""
+    base = {(r["split"], r["category"]): r for r in rows if r["model"] == "base"}
+    mine = sorted((r for r in rows if r["model"] != "base" and not r["model"].startswith("external:")),
+                  key=lambda r: (r["split"] != "in_domain", r["category"] != "all", r["category"]))
+    out = ["| split | category | samples | perplexity, base → checkpoint | reduction vs base | "
+           "token accuracy, base → checkpoint | BLEU-4, base → checkpoint |", "|---|---|---|---|---|---|---|"]
+    for r in mine:
+        b = base.get((r["split"], r["category"]), {})
+        samples = f"{r.get('samples')}" + (" (few)" if r.get("few_samples") else "")
+        out.append(f"| {r['split']} | {r['category']} | {samples} | {_ci(b, 'perplexity')} → {_ci(r, 'perplexity')} | "
+                   f"{_ci(r, 'ppl_reduction_vs_base', percent=True)} | "
+                   f"{_ci(b, 'gen_token_accuracy')} → {_ci(r, 'gen_token_accuracy')} | "
+                   f"{_ci(b, 'bleu4', 2)} → {_ci(r, 'bleu4', 2)} |")
+    return out
