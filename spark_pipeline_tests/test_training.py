@@ -17,7 +17,7 @@ from spark_pipeline.training.health import HealthMonitor
 from spark_pipeline.training.launch import base_model_folder, prepare_run, torchrun_command
 from spark_pipeline.training.loop import lr_lambda
 from spark_pipeline.training.model import LoraSettings, add_adapters, build_base_model, split_parameter_groups
-from spark_pipeline.training.settings import TrainingSettings
+from spark_pipeline.training.settings import SettingsError, TrainingSettings
 from spark_pipeline_tests.test_tokens import _mixture
 
 SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -460,3 +460,15 @@ def test_health_parameter_norm_catches_weights_that_blow_up_with_a_finite_loss()
     assert verdict["emergency"] and verdict["events"][0]["kind"] == "param_norm_jump"
     assert h.last_healthy_step == 2 and "adapter norm" in h.diverged
     assert HealthMonitor().check_params(1, float("nan"))["emergency"]
+
+
+def test_settings_of_runs_from_before_target_modules_existed_still_load():
+    """A run's settings.json written before `lora_target_modules` existed (found on a real run:
+    its release failed with 'lora_target_modules is missing') trained all nine module types."""
+    from spark_pipeline.training.model import LORA_TARGETS
+
+    old = TrainingSettings.load("demo").to_dict()
+    del old["lora_target_modules"]
+    assert TrainingSettings.from_dict(old).lora_target_modules == LORA_TARGETS
+    with pytest.raises(SettingsError, match="lora_target_modules"):
+        TrainingSettings.from_dict({**old, "lora_target_modules": ["mlp"]})

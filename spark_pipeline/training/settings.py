@@ -128,6 +128,8 @@ class TrainingSettings:
     @classmethod
     def from_dict(cls, d: dict, source: str = "the settings file") -> TrainingSettings:
         d = dict(d)
+        # runs written before the setting existed trained all nine module types
+        d.setdefault("lora_target_modules", list(LORA_TARGETS))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
