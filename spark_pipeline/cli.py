@@ -207,8 +207,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from spark_pipeline.training.runs import checkpoint_folder
 
     storage = settings.storage_root()
-    release = Path(args.checkpoint)
-    if (release / "release.json").exists():  # a release folder: check its files, then follow its checkpoint
+    key, release = args.checkpoint, Path(args.checkpoint)
+    is_release = (release / "release.json").exists()
+    if is_release:  # a release folder: check its files, then follow its checkpoint
         from spark_pipeline.release.build import verify_sums
 
         info = json.loads((release / "release.json").read_text())
@@ -216,23 +217,23 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(f"release            {release}  ({'every file matches SHA256SUMS' if not bad else 'CHANGED: ' + ', '.join(bad)})")
         print(f"  merged weights   {release / 'merged'}  ({info['merged']['dtype']}, "
               f"top-1 agreement {info['merged']['verification']['top1_agreement']:.2%} with base + adapter)")
-        args.checkpoint = info["checkpoint"]
+        key = info["checkpoint"]
         if bad:
             return 1
     try:
-        folder = checkpoint_folder(storage, args.checkpoint)
+        folder = checkpoint_folder(storage, key)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if not (folder / "lineage.json").exists() and (release / "release.json").exists():
+    if not (folder / "lineage.json").exists() and is_release:
         folder = release  # a release copied away from its storage carries the checkpoint's lineage.json
     if not (folder / "lineage.json").exists():
-        print(f"no checkpoint {args.checkpoint!r} at {folder}", file=sys.stderr)
+        print(f"no checkpoint {key!r} at {folder}", file=sys.stderr)
         return 2
     from spark_pipeline.records import sha256_file
 
     lineage = json.loads((folder / "lineage.json").read_text())
-    table = storage / "evaluation" / args.checkpoint / "table.parquet"
+    table = storage / "evaluation" / key / "table.parquet"
     print(f"evaluation table   {table if table.exists() else '(not evaluated yet)'}")
     print(f"  lineage sha256   {sha256_file(folder / 'lineage.json')}")
     print(f"checkpoint         {folder}  (step {lineage['step']}, adapter {lineage['adapter_sha256'][:16]})")

@@ -502,6 +502,10 @@ def _check_release(built, key: str, checkpoint: Path, monkeypatch):
     images = re.findall(r'<img alt="[^"]*" src="([^"]+)"', html)
     assert images and all((out / src).is_file() for src in images), images
     assert "[" in body and "95% intervals" in body, "the evaluation table with its intervals"
+    mixture = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
+    ratio = mixture["estimated_tokens"] / mixture["characters"]
+    for cat, chars in mixture["category_characters"].items():  # from the manifest, no pass over the shards
+        assert f"| {cat} | {mixture['categories'][cat]} | {int(chars * ratio):,} |" in body
     with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as f:
         counted = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     trained = json.loads((checkpoint.parent.parent / "result.json").read_text())["trainable_parameters"]

@@ -57,9 +57,12 @@ def manifest_matches_rows(manifest: dict, rows: list[dict], duplicates: int, con
     """Every count of the manifest equals a recount from what was written."""
     from collections import Counter
 
+    from spark_pipeline.corpus.mixture import category_characters
+
     wrong = []
     expect = {"samples": len(rows), "characters": sum(len(r["text"]) for r in rows),
               "categories": dict(sorted(Counter(r["category"] for r in rows).items())),
+              "category_characters": category_characters(rows),
               "sources": dict(sorted(Counter(r["source"] for r in rows).items()))}
     for key, value in expect.items():
         if manifest.get(key) != value:

@@ -40,6 +40,13 @@ from spark_pipeline.records import atomic_write_json
 RECIPES = ("domain_only", "domain_general")
 
 
+def category_characters(rows: list[dict]) -> dict[str, int]:
+    """Characters of text per category (what the model card turns into estimated tokens)."""
+    out: Counter = Counter()
+    for r in rows:
+        out[r["category"]] += len(r["text"])
+    return dict(sorted(out.items()))
+
 def truncate(text: str, max_chars: int) -> tuple[str, bool]:
     """The first piece of ``text`` (see :func:`split_text`) and whether anything was left over."""
     pieces = split_text(text, max_chars)
@@ -196,6 +203,7 @@ def write_mixture(out_dir: Path, result: MixtureResult, settings: CorpusSettings
         "truncated": result.truncated,
         "split_samples": result.split_samples,
         "categories": dict(sorted(Counter(r["category"] for r in rows).items())),
+        "category_characters": category_characters(rows),
         "sources": dict(sorted(Counter(r["source"] for r in rows).items())),
         "pairs": dict(Counter(r["pair_id"] for r in rows)),  # rows per pair, in first-appearance order
         "evaluation_samples_removed": result.eval_removed,

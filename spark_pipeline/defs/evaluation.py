@@ -17,6 +17,7 @@ from spark_pipeline.defs.resources import (
     SparkConfig,
     SparkStorage,
     parquet_table_metadata,
+    table_metadata,
 )
 from spark_pipeline.evaluation.evaluate import (
     EvalSettings,
@@ -159,9 +160,7 @@ def _table_markdown(rows: list[dict]) -> str:
 def _table_metadata(rows: list[dict]) -> dg.MetadataValue:
     """The same table as a Dagster table, which the asset page shows inline (Markdown this
     long only opens behind a button)."""
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord(cells) for cells in _table_cells(rows)],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in TABLE_COLUMNS]))
+    return table_metadata(_table_cells(rows), TABLE_COLUMNS)
 
 
 PLOTTED_METRICS = ("perplexity", "ppl_reduction_vs_base", "gen_token_accuracy", "bleu4")

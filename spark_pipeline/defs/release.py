@@ -2,7 +2,6 @@
 adapters, lineage, checksums), rebuilt when the checkpoint's evaluation changes."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -28,15 +27,9 @@ def card_inputs(storage: SparkStorage, key: str, lineage: dict, settings: Traini
     mixture = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
     if mixture.get("mixture_hash") != lineage.get("mixture_hash"):
         mixture = {"mixture_hash": lineage.get("mixture_hash")}  # a later mixture: only the hash is this one's
-    category_tokens = {}
-    if mixture.get("shards"):
-        per_token = (mixture.get("recipe") or {}).get("chars_per_token", 4.0)
-        for shard in mixture["shards"]:
-            path = storage.path("corpus", "mixture", Path(shard if isinstance(shard, str) else shard["file"]).name)
-            if path.exists():
-                for row in pq.read_table(path, columns=["category", "text"]).to_pylist():
-                    category_tokens[row["category"]] = category_tokens.get(row["category"], 0) + int(
-                        len(row["text"]) / per_token)
+    # estimated tokens per category, at the mixture's own characters-per-token ratio
+    ratio = mixture.get("estimated_tokens", 0) / max(1, mixture.get("characters", 0))
+    category_tokens = {c: int(n * ratio) for c, n in (mixture.get("category_characters") or {}).items()}
     cache_file = storage.path("tokens", lineage.get("tokenized_cache", "-"), "cache.json")
     pairs = []
     held_out = []

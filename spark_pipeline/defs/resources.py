@@ -88,3 +88,23 @@ def parquet_table_metadata(*paths) -> dict:
     schema = pq.read_schema(files[0])
     return {"dagster/row_count": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
             "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])}
+
+
+def table_metadata(records: list[dict], columns) -> dg.MetadataValue:
+    """Rows as a Dagster table, which the asset page shows inline: NaN as empty, floats to six
+    significant digits, anything that is not a scalar as text; each column typed from its values."""
+    import math
+
+    def cell(v):
+        if isinstance(v, float):
+            return None if math.isnan(v) else float(f"{v:.6g}")
+        return v if isinstance(v, int | str | bool) or v is None else str(v)
+
+    rows = [{c: cell(r.get(c)) for c in columns} for r in records]
+
+    def kind(column):
+        value = next((r[column] for r in rows if r[column] is not None), "")
+        return {bool: "bool", int: "int", float: "float"}.get(type(value), "string")
+
+    return dg.MetadataValue.table(records=[dg.TableRecord(r) for r in rows],
+                                  schema=dg.TableSchema(columns=[dg.TableColumn(c, kind(c)) for c in columns]))

@@ -5,13 +5,20 @@ training program and tokenized cache as ``train_hero``."""
 import datetime
 import json
 import math
+from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from spark_pipeline.defs.resources import OWNERS, SparkConfig, SparkStorage, parquet_table_metadata
+from spark_pipeline.defs.resources import (
+    OWNERS,
+    SparkConfig,
+    SparkStorage,
+    parquet_table_metadata,
+    table_metadata,
+)
 from spark_pipeline.defs.training import launch_training, training_inputs
 from spark_pipeline.plots import embed_png, sparkline_markdown
 from spark_pipeline.records import atomic_write_json, atomic_write_text
@@ -53,7 +60,7 @@ def study_runs(study, settings: SweepSettings) -> list[dict]:
                         "configuration": cell_name(params),
                         "value": value if isinstance(value, float) and math.isfinite(value) else None,
                         "pruned_reason": t.user_attrs.get("pruned_reason", ""),
-                        **{k: run.get(k) for k in RUN_COLUMNS if k in run and k not in ("value",)}})
+                        **{k: run[k] for k in RUN_COLUMNS if k in run}})
     return out
 
 
@@ -73,7 +80,14 @@ def study_runs(study, settings: SweepSettings) -> list[dict]:
 )
 def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage: SparkStorage,
                  spark_config: SparkConfig, pipes_subprocess_client: dg.PipesSubprocessClient):
-    from spark_pipeline.sweep.study import open_study, run_study, storage_url, summarize
+    from spark_pipeline.sweep.study import (
+        display_url,
+        next_configuration,
+        open_study,
+        run_study,
+        storage_url,
+        summarize,
+    )
 
     sweep = _settings(spark_config, config.sweep)
     base_settings = TrainingSettings.load(spark_config.name())
@@ -81,8 +95,9 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
     base = base_model_folder(base_settings, storage.path())
     folder = storage.path("sweep", sweep.study)
     url = storage_url(storage.path(), context.instance)
+    shown_url = display_url(url)
     study = open_study(sweep, url)
-    context.log.info(f"study {sweep.study} ({sweep.sampler}, seeds {sweep.seeds}) in {url.split('?')[0]}; "
+    context.log.info(f"study {sweep.study} ({sweep.sampler}, seeds {sweep.seeds}) in {shown_url}; "
                      f"{len(study.trials)} trials so far")
 
     def train(params: dict, seed: int, trial_number: int) -> dict:
@@ -102,7 +117,7 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
             raise dg.Failure(f"sweep configuration {name}: {exc}") from exc
         context.log.info(f"trial {trial_number}: training {name} ({sweep.max_steps} steps)")
         trial_lineage = {**lineage, "sweep": {"study": sweep.study, "trial": trial_number, "params": params,
-                                              "seed": seed, "storage": url.split("?")[0]}}
+                                              "seed": seed, "storage": shown_url}}
         try:
             launch_training(context, pipes_subprocess_client, settings, run_dir, cache, base, trial_lineage, nproc=1,
                             max_steps=sweep.max_steps, wandb_group=f"sweep-{sweep.study}")
@@ -126,41 +141,28 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
              "effective_scale": effective_scale(r["params"], sweep.alpha_per_rank)} for r in runs]
     if rows:
         pq.write_table(pa.Table.from_pylist(rows), folder / "runs.parquet")
-    atomic_write_json(folder / "study.json", {"study": sweep.study, "storage": url.split("?")[0],
+    atomic_write_json(folder / "study.json", {"study": sweep.study, "storage": shown_url,
                                               "sampler": sweep.sampler, "space": sweep.space, "seeds": sweep.seeds,
                                               "objective": sweep.objective, "sources": sweep.sources,
                                               "alpha_per_rank": sweep.alpha_per_rank})
-    states = {}
-    for t in study.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
+    states = dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     best = min(complete, key=lambda t: t.value) if complete else None
-    table = dg.MetadataValue.table(
-        records=[dg.TableRecord({"trial": r["trial"], "configuration": r["configuration"], "seed": r.get("seed"),
-                                 "state": r["state"], sweep.objective: r["value"],
-                                 "peak_grad_norm": r.get("peak_grad_norm"),
-                                 "tokens_per_sec": r.get("tokens_per_sec"),
-                                 "anomalies": (r.get("grad_norm_spikes") or 0) + (r.get("loss_spikes") or 0)
-                                 + (r.get("non_finite") or 0)}) for r in runs],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in (
-            ("trial", "int"), ("configuration", "string"), ("seed", "int"), ("state", "string"),
-            (sweep.objective, "float"), ("peak_grad_norm", "float"), ("tokens_per_sec", "float"),
-            ("anomalies", "int"))]))
-    done = next_done(study, sweep)
+    table = table_metadata(
+        [{"trial": r["trial"], "configuration": r["configuration"], "seed": r.get("seed"), "state": r["state"],
+          sweep.objective: r["value"], "peak_grad_norm": r.get("peak_grad_norm"), "tokens_per_sec": r.get("tokens_per_sec"),
+          "anomalies": (r.get("grad_norm_spikes") or 0) + (r.get("loss_spikes") or 0) + (r.get("non_finite") or 0)}
+         for r in runs],
+        ("trial", "configuration", "seed", "state", sweep.objective, "peak_grad_norm", "tokens_per_sec", "anomalies"))
+    done = next_configuration(study, sweep) is None
     return dg.MaterializeResult(metadata={
         **parquet_table_metadata(folder / "runs.parquet"), "study": sweep.study, "sampler": sweep.sampler,
-        "storage": url.split("?")[0], "trials_by_state": dg.MetadataValue.json(states),
+        "storage": shown_url, "trials_by_state": dg.MetadataValue.json(states),
         "trials_this_run": dg.MetadataValue.json(finished), "study_finished": done, "runs": table,
         "best": dg.MetadataValue.json({"configuration": cell_name(best.params), "value": best.value} if best else None),
         "objective_inline": dg.MetadataValue.md(sparkline_markdown(
             [t.value for t in sorted(complete, key=lambda t: t.number)], f"{sweep.objective} per completed trial")),
         "path": dg.MetadataValue.path(str(folder))})
-
-
-def next_done(study, sweep: SweepSettings) -> bool:
-    from spark_pipeline.sweep.study import next_configuration
-
-    return next_configuration(study, sweep) is None
 
 
 @dg.asset(
@@ -204,10 +206,10 @@ def sweep_analysis(context: dg.AssetExecutionContext, config: SweepConfig, stora
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(folder / "stability.parquet"),
                   "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result["warnings"]) or "none"),
-                  "marginal_means": _records(result["marginal_means"], ("factor", "level", "mean", "lo", "hi", "runs")),
-                  "matched_comparisons": _records(result["matched"], ("factor", "a", "b", "cells", "mean_diff", "lo",
+                  "marginal_means": table_metadata(result["marginal_means"], ("factor", "level", "mean", "lo", "hi", "runs")),
+                  "matched_comparisons": table_metadata(result["matched"], ("factor", "a", "b", "cells", "mean_diff", "lo",
                                                                       "hi", "b_better_in")),
-                  "main_effects": _records(result["main_effects"]["effects"], ("factor", "level", "reference",
+                  "main_effects": table_metadata(result["main_effects"]["effects"], ("factor", "level", "reference",
                                                                                 "effect", "lo", "hi")),
                   "importances": dg.MetadataValue.json(result["importances"]),
                   "analysis": dg.MetadataValue.path(str(folder / "analysis.md")),
@@ -215,17 +217,6 @@ def sweep_analysis(context: dg.AssetExecutionContext, config: SweepConfig, stora
         check_results=[dg.AssetCheckResult(check_name="analysis_without_warnings", passed=not result["warnings"],
                                            severity=dg.AssetCheckSeverity.WARN,
                                            metadata={"warnings": dg.MetadataValue.json(result["warnings"])})])
-
-
-def _records(rows: list[dict], columns: tuple[str, ...]) -> dg.MetadataValue:
-    def cell(v):
-        if isinstance(v, float):
-            return None if math.isnan(v) else float(f"{v:.6g}")
-        return v if isinstance(v, int | str | bool) or v is None else str(v)
-
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord({c: cell(r.get(c)) for c in columns}) for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns]))
 
 
 def sweep_plots(result: dict, runs: list[dict], sweep: SweepSettings, folder) -> dict:

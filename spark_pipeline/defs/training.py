@@ -122,7 +122,8 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     context.log.info(f"run {config.run_name}.{run_id} in {run_dir}" + (f", uploading to {upload}" if upload else ""))
     invocation = launch_training(context, pipes_subprocess_client, settings, run_dir, cache,
                                  base_model_folder(settings, storage.path()), lineage, nproc, resume=resume,
-                                 max_steps=config.max_steps, upload=upload, keep_local=config.keep_local)
+                                 max_steps=config.max_steps, upload_root=upload_root, upload=upload,
+                                 keep_local=config.keep_local)
     messages = invocation.get_custom_messages()
     result = invocation.get_materialize_result()
     plot = _loss_plot(messages, run_dir / "loss.png")
@@ -165,8 +166,8 @@ def training_inputs(context, storage: SparkStorage, settings: TrainingSettings) 
 
 
 def launch_training(context, pipes_subprocess_client, settings: TrainingSettings, run_dir, cache, base, lineage: dict,
-                    nproc: int, resume: str = "", max_steps: int = 0, upload: str = "", keep_local: bool = False,
-                    wandb_group: str = ""):
+                    nproc: int, resume: str = "", max_steps: int = 0, upload_root: str = "", upload: str = "",
+                    keep_local: bool = False, wandb_group: str = ""):
     """One run of ``torchrun -m spark_pipeline.training`` through Dagster Pipes: the local
     subprocess by default, the GPU pod when ``SPARK_TRAIN_LAUNCHER=k8s``. Returns the Pipes
     invocation (its custom messages are the per-step metrics); a failed run raises a
@@ -185,7 +186,6 @@ def launch_training(context, pipes_subprocess_client, settings: TrainingSettings
         if os.environ.get("SPARK_TRAIN_LAUNCHER", "local") == "k8s":  # a GPU pod on the cluster (deploy/)
             from dagster_k8s import PipesK8sClient
 
-            upload_root = upload.rsplit("/", 2)[0] if upload else ""
             launch = k8s_launch(settings, cmd, upload_root, env)
             context.log.info(f"launching the training pod ({launch['image']}, {settings.gpus} GPUs, grace "
                              f"{launch['base_pod_spec']['terminationGracePeriodSeconds']} s)")

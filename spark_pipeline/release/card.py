@@ -91,7 +91,8 @@ def model_card(info: dict, lineage: dict, settings, inputs: dict) -> str:
               "| category | samples | tokens (estimated) |", "|---|---|---|"]
     tokens = inputs.get("category_tokens", {})
     for cat, n in sorted((mixture.get("categories") or {}).items()):
-        lines.append(f"| {cat} | {n} | {tokens.get(cat, 0):,} |")
+        estimate = tokens.get(cat)
+        lines.append(f"| {cat} | {n} | {'-' if estimate is None else f'{estimate:,}'} |")
     lines += ["", "Repository–datasheet pairs in the training data (each at the revision it was mapped at):", "",
               "| pair | category | revision | datasheets (sha256) | samples version |", "|---|---|---|---|---|"]
     for p in inputs.get("pairs", []):

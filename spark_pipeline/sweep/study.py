@@ -54,6 +54,14 @@ def postgres_schema_url(url: str, schema: str) -> str:
     return url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
 
 
+def display_url(url: str) -> str:
+    """The storage URL as it may be shown and recorded (lineage, metadata): no password, no
+    query (the Postgres search-path option)."""
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).set(query={}).render_as_string(hide_password=True)
+
+
 def open_study(settings: SweepSettings, url: str):
     import optuna
 

@@ -78,6 +78,11 @@ class TrainingSettings:
     """The module types that get adapters (paper §4.2: all nine; the sweep of §5 also tries the
     four attention projections alone)."""
 
+    def __post_init__(self):
+        # YAML and JSON give lists; the settings hold tuples (hashable, compared as equal)
+        self.betas = tuple(self.betas)
+        self.lora_target_modules = tuple(self.lora_target_modules)
+
     @classmethod
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> TrainingSettings:
         t = load_config(profile)["training"]
@@ -112,8 +117,6 @@ class TrainingSettings:
         values.update(overrides or {})
         where = " or ".join(str(p) for p in profile_files(profile))
         validate(values, lambda name: keys.get(name, f"training.{name}"), where)
-        values["betas"] = tuple(values["betas"])
-        values["lora_target_modules"] = tuple(values["lora_target_modules"])
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -135,9 +138,6 @@ class TrainingSettings:
         if unknown:
             raise SettingsError(f"{source}: unknown training setting(s) {unknown}")
         validate(d, lambda name: name, source)
-        d["betas"] = tuple(d["betas"])
-        if "lora_target_modules" in d:
-            d["lora_target_modules"] = tuple(d["lora_target_modules"])
         return cls(**d)
 
 
