@@ -83,6 +83,13 @@ def _data_stages(run, instance, storage) -> int | None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The hyperparameter sweep on the active profile (the demo's 2 x 2 grid by default), after
     the data stages when there is no tokenized cache yet; then its analysis."""
+    from spark_pipeline.sweep.settings import SweepError, SweepSettings
+
+    try:  # a bad settings file is said before anything runs
+        sweep = SweepSettings.load(None, args.config)
+    except SweepError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     instance = _instance()
     storage = settings.storage_root()
     run = _runner(instance)
@@ -96,9 +103,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     trials = {"sweep": args.config, "max_trials": args.max_trials}
     ok = run(["sweep_trials", "sweep_analysis"], run_config={"ops": {
         "sweep_trials": {"config": trials}, "sweep_analysis": {"config": {"sweep": args.config}}}})
-    from spark_pipeline.sweep.settings import SweepSettings
-
-    folder = storage / "sweep" / SweepSettings.load(None, args.config).study
+    folder = storage / "sweep" / sweep.study
     if ok and (folder / "analysis.json").exists():
         analysis = json.loads((folder / "analysis.json").read_text())
         print(f"\n{analysis['completed_runs']} completed runs, {analysis['pruned_runs']} pruned; "

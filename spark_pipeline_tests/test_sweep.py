@@ -245,3 +245,16 @@ def test_tpe_and_gp_samplers_run_the_configured_number_of_trials_over_lists_and_
     assert [m["level"] for m in result["marginal_means"] if m["factor"] == "learning_rate"] == tried, \
         "a range's levels are the values the sampler tried"
     assert {m["factor"] for m in result["marginal_means"]} == {"lora_r", "targets", "learning_rate"}
+
+
+def test_sweep_command_says_what_is_wrong_with_a_settings_file_before_running_anything(tmp_path, capsys):
+    """It used to start the job, fail inside it, then crash with a traceback on the same file."""
+    from spark_pipeline.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"sampler": "bayes"}))
+    assert main(["sweep", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "sampler = 'bayes': expected one of grid, tpe, gp" in err and str(bad) in err
+    assert "profile demo's sweep section" in err
+    assert not (tmp_path / "storage" / "sweep").exists(), "nothing ran"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from spark_pipeline.config import _merge, load_config
+from spark_pipeline.config import _merge, active_profile, load_config
 from spark_pipeline.settings import CONFIG_DIR
 
 SAMPLERS = ("grid", "tpe", "gp")
@@ -46,7 +46,7 @@ class SweepSettings:
         values = yaml.safe_load(files[0].read_text())
         profile_part = load_config(profile).get("sweep") or {}
         if profile_part:
-            files.append(Path(f"the profile {profile or 'active'}'s sweep section"))
+            files.append(Path(f"the profile {profile or active_profile()}'s sweep section"))
             values = _merge(values, profile_part)
         if user_yaml:
             path = Path(user_yaml).expanduser()
