@@ -485,6 +485,8 @@ def _check_release(built, key: str, checkpoint: Path, monkeypatch):
     out = storage / "releases" / key
     meta = result.asset_materializations_for_node("release")[0].metadata
     assert meta["uploaded_to"].value == f"gs://spark-test/releases/{key}"
+    assert len(meta["headline"].value) < 1000 and "perplexity" in meta["headline"].value, "shown inline in the UI"
+    assert "![" not in meta["model_card"].value, "no image links the UI cannot follow"
     assert f"releases/{key}/README.md" in uploaded and f"releases/{key}/SHA256SUMS" in uploaded
     assert any(n.startswith(f"releases/{key}/merged/model-") for n in uploaded)
 

@@ -102,8 +102,8 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, storage: S
                                 ev.max_samples_per_category)
     out = storage.path("releases", key)
     try:
-        info = build_release(folder, key, out, base_model_folder(settings, storage.path()), rel, samples,
-                             card_inputs(storage, key, lineage, settings, ev.min_samples_per_category),
+        inputs = card_inputs(storage, key, lineage, settings, ev.min_samples_per_category)
+        info = build_release(folder, key, out, base_model_folder(settings, storage.path()), rel, samples, inputs,
                              tokenizer.pad_id, log=context.log.info)
     except ReleaseError as exc:
         raise dg.Failure(str(exc)) from exc
@@ -121,9 +121,15 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, storage: S
         uploaded = status.url
     verification = info["merged"]["verification"]
     cost = info["serving_adapter"]["cost"] or {}
-    card = (out / "README.md").read_text()
+    # the card without its front matter, and without its plots: they are files of the release, which the UI
+    # cannot reach (the report's asset page has them)
+    body = (out / "README.md").read_text().split("-->", 1)[-1]
+    card = "\n".join(line for line in body.splitlines() if not line.startswith("![")) + \
+        f"\n\nPlots: {out / 'plots'}"
+    headline = (inputs["headline"] or "not evaluated yet") + f" Card: {out / 'README.md'}"
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(out)), "model_card": dg.MetadataValue.md(card.split("-->", 1)[-1]),
+        "path": dg.MetadataValue.path(str(out)), "headline": dg.MetadataValue.md(headline[:900]),
+        "model_card": dg.MetadataValue.md(card),
         "trainable_parameters": info["trainable_parameters"],
         "merged_max_abs_logit_diff": verification["max_abs_logit_diff"],
         "merged_top1_agreement": verification["top1_agreement"],
