@@ -472,3 +472,14 @@ def test_settings_of_runs_from_before_target_modules_existed_still_load():
     assert TrainingSettings.from_dict(old).lora_target_modules == LORA_TARGETS
     with pytest.raises(SettingsError, match="lora_target_modules"):
         TrainingSettings.from_dict({**old, "lora_target_modules": ["mlp"]})
+
+
+def test_the_shutdown_watchdog_leaves_with_the_runs_own_exit_code():
+    """A diverged run whose shutdown hangs must still exit 3 (the watchdog used to exit 0)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from spark_pipeline.training.loop import _exit_after_grace; "
+                           "_exit_after_grace(1, 3, 7.0)"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert "rank 1: shutdown did not finish within 7 s" in done.stderr

@@ -157,10 +157,10 @@ class Reporter:
 SHUTDOWN_GRACE_S = 45.0
 
 
-def _exit_after_grace(rank: int) -> None:
-    print(f"rank {rank}: shutdown did not finish within {SHUTDOWN_GRACE_S:.0f} s after the run completed; "
+def _exit_after_grace(rank: int, code: int = 0, grace: float = SHUTDOWN_GRACE_S) -> None:
+    print(f"rank {rank}: shutdown did not finish within {grace:.0f} s after the run completed; "
           "exiting (all checkpoints and results are already written)", file=sys.stderr, flush=True)
-    os._exit(0)
+    os._exit(code)
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float):
@@ -518,17 +518,22 @@ def main(argv=None) -> int:
             metadata["final_checkpoint_url"] = uploaded[0]
     if rank == 0:
         (run_dir / "result.json").write_text(json.dumps(metadata, indent=2))
-    # Everything is written. Shutdown (W&B's finish, the last barrier, tearing down the
-    # process group) has been seen to hang a rank now and then on gloo; a watchdog makes sure
-    # a finished run always exits.
-    watchdog = threading.Timer(SHUTDOWN_GRACE_S, _exit_after_grace, args=(rank,))
+    # Everything is written. Shutdown (W&B's finish, the last barrier) has been seen to hang a
+    # rank now and then on gloo; a watchdog makes sure the run exits, with its own exit code, and
+    # a run stopped by a signal within what is left of the grace period.
+    code = 3 if exit_reason == "diverged" else 0
+    grace = SHUTDOWN_GRACE_S if exit_reason in ("finished", "diverged") else \
+        min(SHUTDOWN_GRACE_S, max(5.0, settings.termination_grace_s / 2))
+    watchdog = threading.Timer(grace, _exit_after_grace, args=(rank, code, grace))
     watchdog.daemon = True
     watchdog.start()
     reporter.finish(metadata)
     if distributed:
         torch.distributed.barrier()  # nobody leaves while another rank still writes
-        torch.distributed.destroy_process_group()
-    return 3 if exit_reason == "diverged" else 0
+        # No destroy_process_group: the program leaves with os._exit right after this returns
+        # (spark_pipeline/training/__main__.py), and gloo's teardown is where one rank of a
+        # finished two-rank run was seen to hang past torchrun's grace period.
+    return code
 
 
 def schedule_horizon(settings: TrainingSettings, rows: int, rows_per_step: int) -> int:
