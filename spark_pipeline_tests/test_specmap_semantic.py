@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spark_pipeline.specmap.pairs import load_manifest, resolve_pair
-from spark_pipeline.specmap.pipeline import SpecMapConfig, run_specmap
+from spark_pipeline.specmap.pipeline import run_specmap
 from spark_pipeline_tests.conftest import sample_entry, write_manifest
 
 
@@ -80,13 +80,23 @@ class _Meaning:
         return self.sims
 
 
-def test_a_close_match_in_meaning_joins_and_weight_zero_changes_nothing(tmp_path, storage):
+def test_a_close_match_in_meaning_is_a_candidate_weighed_by_the_model(tmp_path, storage):
+    """Semantic relevance is one feature of the file model: a file close in meaning becomes a
+    candidate even without words in common, and counts as much as the fitted model weighs it
+    (the shipped model was fitted without it: weight 0, nothing changes)."""
+    from dataclasses import replace
+
+    from spark_pipeline.specmap.model import load
+
     resolved = _resolved(tmp_path, storage, REPO, SHEET)
     plain = run_specmap(resolved)
     meaning = _Meaning({"src/timer.c": 0.2, "src/power.c": 0.2, "src/misc.c": 0.9})
-    off = run_specmap(resolved, config=SpecMapConfig(semantic_weight=0.0), semantic=meaning)
+    shipped = load()
+    off = run_specmap(resolved, semantic=meaning, model=shipped)
+    assert "src/misc.c" in {p for p, _, _ in off.sections[0].candidates}
     assert [[f.path for f in m.files] for m in off.sections] == [[f.path for f in m.files] for m in plain.sections]
-    on = run_specmap(resolved, config=SpecMapConfig(semantic_weight=2.0), semantic=meaning)
+    weights = tuple(8.0 if f == "semantic" else w for f, w in zip(shipped.features, shipped.weights, strict=True))
+    on = run_specmap(resolved, semantic=meaning, model=replace(shipped, weights=weights, gate=None, min_name_share=0.0))
     assert "src/misc.c" in {f.path for f in on.sections[0].files}
 
 

@@ -43,8 +43,8 @@ class SpecMapJudge(dg.ConfigurableResource):
     base_url: str = Field(default="", description="llm only: API root, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field(default="", description="llm only: name of the environment variable "
                              "holding the API key")
-    min_raw: float = Field(default=1.0, description="lexical: absolute relevance floor")
-    rel_cut: float = Field(default=0.5, description="lexical: keep candidates scoring this share of the best")
+    file_model: str = Field(default="", description="a file model fitted by benchmarks/specmap_bench.py --fit "
+                            "(JSON); empty: the one SpecMap ships, fitted on the benchmark's development pairs")
     semantic: bool = Field(default=False, description="add sentence-embedding relevance to M1/M2 (needs the "
                            "'semantic' extra or semantic_model; measured: file F1 0.62 -> 0.65)")
     semantic_model: str = Field(default="", description="local transformers model folder for semantic "
@@ -63,7 +63,13 @@ class SpecMapJudge(dg.ConfigurableResource):
         if self.kind == "llm":
             llm = LLMConfig(provider=self.provider, model=self.model, base_url=self.base_url,
                             api_key_env=self.api_key_env)
-        return make_judge(self.kind, cache_dir, llm, SelectionRule(self.min_raw, self.rel_cut))
+        return make_judge(self.kind, cache_dir, llm, SelectionRule())
+
+    def build_model(self):
+        """The file model SpecMap decides with (:mod:`spark_pipeline.specmap.model`)."""
+        from spark_pipeline.specmap.model import load
+
+        return load(Path(self.file_model) if self.file_model else None)
 
 
 #: Declarative automation for the assets that gather every pair or every checkpoint: run when

@@ -20,7 +20,8 @@ CHECK_PATHS = "file_paths_exist_at_revision"
 class SpecMapRunConfig(dg.Config):
     chunk_words: int = 350
     max_folders: int = 4
-    max_files: int = 5
+    max_files: int | None = None
+    """At most this many files per section; unset: the file model's fitted cap."""
     max_symbols: int = 8
     max_excerpt_lines: int = 150
 
@@ -49,6 +50,10 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
     pair_id = context.partition_key
     root = storage.path()
     try:
+        model = judge.build_model()
+    except (ValueError, OSError) as exc:
+        raise dg.Failure(description=f"SpecMap's file model could not be loaded: {exc}") from exc
+    try:
         resolved = load_resolved(root, pair_id)
         if not resolved.is_git and tree_hash(resolved.repo_root) != resolved.revision.removeprefix("tree:"):
             raise PairError(f"pair {pair_id!r}: {resolved.repo_root} changed since it was registered; "
@@ -65,7 +70,7 @@ def specmap_mappings(context: dg.AssetExecutionContext, config: SpecMapRunConfig
                 step["next"] = done / total + 0.1
 
         result = run_specmap(resolved, judge_impl, cfg, progress, cache_dir=root / "cache" / "specmap_index",
-                             semantic=judge.build_semantic())
+                             semantic=judge.build_semantic(), model=model)
     except (PairError, CtagsError, JudgeError, SemanticError) as exc:
         # An earlier mapping of this pair is no longer current: remove it, so that the corpus
         # stages leave the pair out instead of training on what the failed run replaced.

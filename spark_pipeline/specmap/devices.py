@@ -16,14 +16,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-_PART = re.compile(r"[a-z]{2,}[0-9][a-z0-9]{2,}")
+_PART = re.compile(r"[a-z]+[0-9][a-z0-9]+")
 _CORE = re.compile(r"cortex[^a-z0-9]{0,3}m(\d+)\+?|\bcm(\d+)\b", re.IGNORECASE)
 _FILE_CORE = re.compile(r"(?:^|[^a-z0-9])(?:core_)?cm(\d+)(?:[^a-z0-9]|$)")
 
 
 def part_tokens(text: str) -> set[str]:
-    """Part-number-like words (letters then digits, at least five characters, two digits),
-    lowercased, with hyphens inside part numbers removed (``MPU-6000`` -> ``mpu6000``)."""
+    """Part-number-like words (letters then digits, at least five characters, two digits:
+    ``ds3231``, ``w25q64``, ``sht35``), lowercased, with hyphens inside part numbers removed
+    (``MPU-6000`` -> ``mpu6000``)."""
     low = re.sub(r"(?<=[a-z])-(?=\d)", "", text.lower())
     return {t for t in _PART.findall(low) if len(t) >= 5 and sum(c.isdigit() for c in t) >= 2}
 
@@ -32,6 +33,17 @@ def _matches(token: str, hint: str) -> bool:
     """Equal over their common length, ``x`` matching anything on either side."""
     n = min(len(token), len(hint))
     return all(a == b or a == "x" or b == "x" for a, b in zip(token[:n], hint[:n], strict=True))
+
+
+def _own(token: str, hint: str) -> bool:
+    """``token`` names the part ``hint`` is: the same, longer (``bh1750fvi`` for
+    ``bh1750``), ``x`` standing for a digit (``mpu60x0``), or the hint without an ordering
+    suffix of letters (``llcc68`` for ``llcc68imltrt``)."""
+    if hint in token or (_matches(token, hint) and len(token) >= len(hint) and "x" not in token):
+        return True
+    if hint.startswith(token) and not any(c.isdigit() for c in hint[len(token):]):
+        return True
+    return len(token) == len(hint) and _matches(token, hint)
 
 
 def _family(token: str) -> str:
@@ -46,10 +58,10 @@ class DeviceHints:
     cores: frozenset[str]  # "4" for a Cortex-M4
 
     def is_device_file(self, path: str) -> bool:
-        """The file's name carries one of the datasheet's own part numbers."""
-        tokens = part_tokens(Path(path).name)
-        return any(h in t or (_matches(t, h) and len(t) >= len(h) and "x" not in t) for t in tokens
-                   for h in self.parts)
+        """The file's name carries one of the datasheet's own part numbers (or the part
+        number without its ordering suffix: ``LLCC68.cpp`` for ``LLCC68IMLTRT``)."""
+        tokens = part_tokens(re.sub(r"[_\-.]", " ", Path(path).name))
+        return any(_own(t, h) for t in tokens for h in self.parts)
 
     def is_sibling(self, path: str) -> bool:
         """The file's name carries a part number of the same family (or a core) that is not

@@ -18,11 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import posixpath
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spark_pipeline.specmap import cache
+from spark_pipeline.specmap.addresses import code_numbers
 from spark_pipeline.specmap.ctags import Symbol, ctags_binary, run_ctags
 from spark_pipeline.specmap.lexical import (
     BM25,
@@ -37,7 +41,7 @@ from spark_pipeline.specmap.repo import RepoScan, ScanLimits, scan_repository
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 6
+INDEX_VERSION = 10
 KEEP = 16
 #: A symbol spanning more lines than this that encloses functions is a container (a class).
 CONTAINER_LINES = 60
@@ -86,8 +90,9 @@ class RepoIndex:
     file_bm25: BM25
     folder_bm25: BM25
     references: dict[str, set[str]] = field(default_factory=dict)
-    """Function name -> the other files that name it (callers, prototypes): M2 follows a
-    register's dedicated functions to the code that calls them."""
+    """Function name -> the other files that name it (callers, prototypes)."""
+    includes: dict[str, set[str]] = field(default_factory=dict)
+    """File -> the repository files it includes or imports (:func:`include_graph`)."""
     key: str = ""
     """What the index was built from (:func:`index_key`), for caches that hang off it."""
     seconds: float = 0.0
@@ -124,7 +129,7 @@ class RepoIndex:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for transient in ("_symbol_index", "_content", "_by_content"):
+        for transient in ("_symbol_index", "_content", "_by_content", "_closures"):
             state[transient] = {}
         state["_folders"] = None
         return state
@@ -134,7 +139,8 @@ def build_index(scan: RepoScan, symbols: dict[str, list[Symbol]]) -> RepoIndex:
     """The index of a scanned repository and its ctags symbols."""
     texts = {p: f.text for p, f in scan.files.items()}
     names = NameIndex(texts, symbols=symbols)
-    file_docs = {p: tokenize(p.replace("/", " ")) * 3 + tokenize(t) for p, t in texts.items()}
+    file_docs = {p: tokenize(p.replace("/", " ")) * 3 + tokenize(t) + sorted(n.lower() for n in code_numbers(t))
+                 for p, t in texts.items()}
     folder_docs = {folder: tokenize(folder.replace("/", " ")) * 3 + [t for p in paths for t in file_docs[p]]
                    for folder, paths in scan.folders.items()}
     functions = {s.name: s.path for syms in symbols.values() for s in syms if s.kind == "function"}
@@ -143,7 +149,91 @@ def build_index(scan: RepoScan, symbols: dict[str, list[Symbol]]) -> RepoIndex:
         for word in set(WORD.findall(text)) & functions.keys():
             if functions[word] != path:
                 references.setdefault(word, set()).add(path)
-    return RepoIndex(scan, symbols, names, BM25(file_docs), BM25(folder_docs), references)
+    return RepoIndex(scan, symbols, names, BM25(file_docs), BM25(folder_docs), references, include_graph(texts))
+
+
+_C_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^">]+)[">]', re.M)
+_PY_IMPORT = re.compile(r"^\s*(?:from\s+(\.*[\w.]*)\s+import\s+([\w, ]+)|import\s+([\w.]+))", re.M)
+_RS_MOD = re.compile(r"^\s*(?:pub(?:\([\w:]+\))?\s+)?mod\s+(\w+)\s*;", re.M)
+
+
+def include_graph(texts: dict[str, str]) -> dict[str, set[str]]:
+    """Which repository files each file includes (C/C++ ``#include``, resolved against the
+    including file's folder, then by path suffix, then by a unique file name), imports
+    (Python, also relative) or declares as a module (Rust ``mod x;``)."""
+    by_name: dict[str, list[str]] = {}
+    for path in texts:
+        by_name.setdefault(posixpath.basename(path), []).append(path)
+    graph: dict[str, set[str]] = {}
+
+    def resolve(base: str, target: str) -> str | None:
+        joined = posixpath.normpath(posixpath.join(base, target))
+        if joined in texts:
+            return joined
+        suffix = [p for p in by_name.get(posixpath.basename(target), []) if p.endswith("/" + target) or p == target]
+        if len(suffix) == 1:
+            return suffix[0]
+        same = by_name.get(posixpath.basename(target), [])
+        return same[0] if len(same) == 1 else None
+
+    for path, text in texts.items():
+        base = posixpath.dirname(path)
+        found: set[str] = set()
+        if path.endswith(".py"):
+            for m in _PY_IMPORT.finditer(text):
+                module, names, plain = m.group(1), m.group(2), m.group(3)
+                if plain:
+                    targets = [plain.replace(".", "/")]
+                else:
+                    dots = len(module) - len(module.lstrip("."))
+                    root = posixpath.normpath(posixpath.join(base, *([".."] * max(dots - 1, 0)))) if dots else ""
+                    stem = module.lstrip(".").replace(".", "/")
+                    head = posixpath.join(root, stem) if root not in ("", ".") else stem
+                    targets = [head] + [posixpath.join(head, n.strip()) for n in names.split(",") if n.strip()]
+                for target in targets:
+                    for candidate in (target + ".py", posixpath.join(target, "__init__.py")):
+                        resolved = candidate if candidate in texts else None
+                        if resolved is None and not candidate.startswith("/"):
+                            resolved = resolve(base, posixpath.basename(candidate)) if "/" not in target else None
+                        if resolved:
+                            found.add(resolved)
+        elif path.endswith(".rs"):
+            for m in _RS_MOD.finditer(text):
+                for candidate in (posixpath.join(base, m.group(1) + ".rs"), posixpath.join(base, m.group(1), "mod.rs")):
+                    if candidate in texts:
+                        found.add(candidate)
+        else:
+            for m in _C_INCLUDE.finditer(text):
+                resolved = resolve(base, m.group(1))
+                if resolved:
+                    found.add(resolved)
+        found.discard(path)
+        if found:
+            graph[path] = found
+    return graph
+
+
+def closure(graph: dict[str, set[str]], start: set[str], files: Iterable[str] = (), depth: int = 3) -> set[str]:
+    """The files ``start`` includes, up to ``depth`` steps, with the source files (among
+    ``files``) that implement each header reached (``SX126x.h`` -> ``SX126x.cpp``)."""
+    stems: dict[str, list[str]] = {}
+    for path in set(graph) | {p for targets in graph.values() for p in targets} | set(files):
+        stems.setdefault(posixpath.splitext(path)[0], []).append(path)
+    seen = set(start)
+    frontier = set(start)
+    for _ in range(depth):
+        nxt = set()
+        for path in frontier:
+            nxt |= graph.get(path, set())
+        nxt -= seen
+        seen |= nxt
+        frontier = nxt
+    for path in list(seen):
+        stem = posixpath.splitext(path)[0]
+        seen.update(stems.get(stem, []))
+        if path.endswith((".h", ".hpp", ".hh")):  # SX126x.h -> SX126x_config.cpp beside it
+            seen.update(p for key, paths in stems.items() if key.startswith(stem + "_") for p in paths)
+    return seen - set(start)
 
 
 def index_key(revision: str, limits: ScanLimits, listed: set[str] | None) -> str:

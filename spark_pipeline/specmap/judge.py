@@ -4,8 +4,9 @@ A judge answers two questions: which candidates (folders in M1, files in M2, sym
 M3) are relevant to a datasheet section, and (M4) whether the section is implemented.
 The pipeline computes lexical scores for every candidate first; a judge decides from them.
 
-* :class:`LexicalJudge` (default, offline): keeps candidates whose lexical score clears an
-  absolute floor and a share of the best, and accepts the pipeline's rule-based verdict.
+* :class:`LexicalJudge` (default, offline): files are kept by the fitted file model's
+  decision (:mod:`.model`); symbols scoring a share of the best in their file; the verdict is
+  the pipeline's evidence-based one.
 * :class:`LLMJudge`: asks a chat model, through the OpenAI chat-completions protocol (any
   endpoint, e.g. vLLM) or Anthropic's Messages API. It counts tokens, caches every answer on
   disk (a re-run costs nothing), retries rate limits and server errors with backoff, and
@@ -62,12 +63,10 @@ class JudgeUsage(Usage):
 
 @dataclass
 class SelectionRule:
-    """How a lexical judge keeps candidates."""
+    """How the offline judge keeps symbols (files: the file model's fitted decision)."""
 
-    min_raw: float = 1.0
-    """Absolute floor on the unnormalised score: below it, a best candidate is still noise."""
-    rel_cut: float = 0.5
-    """Keep folders and files scoring at least this share of the best one."""
+    min_raw: float = 0.0
+    """Absolute floor on a symbol's unnormalised score."""
     symbol_rel_cut: float = 0.4
     """Keep symbols scoring at least this share of the best one in their file."""
 
@@ -81,7 +80,7 @@ class LexicalJudge:
 
     def pick(self, stage: str, section_title: str, query: str, candidates: list[Candidate],
              exists: Callable[[str], bool], limit: int) -> list[Choice]:
-        cut = self.rule.symbol_rel_cut if stage == "symbols" else self.rule.rel_cut
+        cut = self.rule.symbol_rel_cut if stage == "symbols" else 0.0
         kept = [c for c in candidates if c.raw >= self.rule.min_raw and c.score >= cut]
         kept.sort(key=lambda c: (-c.score, c.key))
         return [Choice(c.key, round(c.score, 4), ", ".join(c.evidence[:5])) for c in kept[:limit]]

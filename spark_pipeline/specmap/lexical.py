@@ -18,6 +18,8 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
+from spark_pipeline.specmap.addresses import code_numbers
+
 WORD = re.compile(r"(?<![0-9A-Za-z_])[A-Za-z_][A-Za-z0-9_]*")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _ARROW = re.compile(r"(?=\b([A-Za-z_]\w*)\s*(?:->|\.)\s*([A-Za-z_]\w*))")  # overlapping: a.b->c
@@ -40,7 +42,10 @@ _NAME_PATTERNS = (
     re.compile(r"\b[A-Z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+\b"),  # PWR_MGMT_1, GPIOx_MODER, I2C_CR1
     re.compile(r"\b[A-Z][A-Z0-9]*[0-9][A-Z0-9]*\b"),        # USART2, CR1, TIM10, I2C, I2C1
     re.compile(r"\b[A-Z]{3,}\b"),                           # GPIO, MODER, WHO (filtered below)
+    re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b"),       # ctrl_meas, osrs_t (Bosch writes them so)
+    re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z0-9]*){1,5}\b"),  # SetSleep, GetIrqStatus: commands as SET_SLEEP
 )
+_CAMEL_WORD = re.compile(r"[A-Z][a-z0-9]*")
 _ENGLISH_CAPS = frozenset("""
 THE AND FOR NOT ALL ANY ARE BUT CAN HAS ITS MAY NOR ONE OUT TWO USE VIA YES NOTE TABLE FIGURE
 SECTION PAGE REV DATE LOW HIGH SET RESET READ WRITE ONLY BIT BITS MAX MIN TYP TBD PDF
@@ -82,7 +87,10 @@ def component_runs(ident: str, max_parts: int = 4) -> frozenset[str]:
 
 
 def _canonical(name: str) -> str:
-    """Uppercase, with datasheet placeholders dropped: ``GPIOx_MODER`` -> ``GPIO_MODER``."""
+    """Uppercase, with datasheet placeholders dropped: ``GPIOx_MODER`` -> ``GPIO_MODER``;
+    a command written in CamelCase as code names it: ``SetSleep`` -> ``SET_SLEEP``."""
+    if "_" not in name and re.fullmatch(r"[A-Z][a-z]+(?:[A-Z][a-z0-9]*)+", name):
+        return "_".join(_CAMEL_WORD.findall(name)).upper()
     parts = [re.sub(r"(?<=[A-Z0-9])[xyn]$", "", p) for p in name.split("_")]
     return "_".join(p for p in parts if p).upper()
 
@@ -118,6 +126,7 @@ def code_identifiers(text: str, max_types: int = 3) -> set[str]:
               if len(w) > 1 and not w.islower() and w.lower() not in C_KEYWORDS}
     # ACCEL_XOUT0 (the first of a register pair, numbered by the driver) also counts as ACCEL_XOUT.
     idents |= {m.group(1) for w in idents if (m := _NUMBERED_TAIL.match(w))}
+    idents |= code_numbers(text)  # register numbers and opcodes as names: @2D
     arrows = [(a, b) for a, b in _ARROW.findall(text) if not (a.islower() and b.islower())]
     groups = set(_TYPEDEF.findall(text)) if arrows else set()
     if len(groups) > max_types:

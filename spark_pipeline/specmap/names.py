@@ -26,6 +26,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from spark_pipeline.specmap.addresses import section_numbers, token
 from spark_pipeline.specmap.kinds import PACKAGE
 from spark_pipeline.specmap.lexical import NameIndex, datasheet_names
 from spark_pipeline.specmap.sections import Section
@@ -33,14 +34,25 @@ from spark_pipeline.specmap.sections import Section
 _PROSE_WORD = re.compile(r"\b[a-z][a-z]{2,}\b")
 
 
-def section_names(section: Section) -> list[str]:
-    """The names a section carries: the SVD's exact names, else those found in its title and text."""
-    return section.names or datasheet_names(f"{section.title}\n{section.text}")
+def section_names(section: Section, rows: dict[str, int] | None = None) -> list[str]:
+    """The names a section carries: the SVD's exact names, else those found in its title and
+    text, with the numbers of its registers and commands as ``@2D`` names (:mod:`.addresses`:
+    its own, those its table lists, and those the document's tables give the names it
+    mentions)."""
+    if section.names:
+        return section.names
+    names = datasheet_names(f"{section.title}\n{section.text}")
+    own, listed = section_numbers(section)
+    numbers = [t for group in own for t in group] + listed
+    if rows:
+        numbers += [token(rows[n]) for n in names if n in rows]
+    return list(dict.fromkeys(names + numbers))
 
 
 def is_strong(name: str) -> bool:
-    """A name that identifies a register, field or peripheral instance by itself."""
-    return "_" in name or any(c.isdigit() for c in name)
+    """A name that identifies a register, field or peripheral instance by itself (a register
+    number ``@2D`` does too)."""
+    return "_" in name or name.startswith("@") or any(c.isdigit() for c in name)
 
 
 def _one_letter_apart(a: str, b: str) -> bool:
@@ -53,7 +65,8 @@ def _one_letter_apart(a: str, b: str) -> bool:
     return False
 
 
-def primary_groups(section: Section, names: list[str], lines: int = 3, limit: int = 12) -> list[list[str]]:
+def primary_groups(section: Section, names: list[str], lines: int = 3, limit: int = 12,
+                   rows: dict[str, int] | None = None) -> list[list[str]]:
     """What a section is about: its own groups when the reader knows them (SVD), else each
     specific name in its title and first ``lines`` lines (datasheets name the register right
     under the heading: ``PWR_MGMT_1``, ``ACCEL_XOUT_H, ACCEL_XOUT_L, ...``), else the plain
@@ -63,7 +76,7 @@ def primary_groups(section: Section, names: list[str], lines: int = 3, limit: in
     if section.primary:
         return section.primary
     head = "\n".join([section.title] + [ln for ln in section.text.splitlines() if ln.strip()][:lines])
-    in_head = [n for n in datasheet_names(head) if n in names]
+    in_head = [n for n in datasheet_names(head) if n in names and not n.startswith("@")]
     chosen = [n for n in in_head if is_strong(n)] or in_head
     groups = [[n] + [m for m in names if _one_letter_apart(n, m) or _one_letter_apart(m, n)] for n in chosen]
     # ACCEL_XOUT_H / ACCEL_XOUT_L hold the bytes of ACCEL_XOUT: code may name the value instead.
@@ -71,6 +84,19 @@ def primary_groups(section: Section, names: list[str], lines: int = 3, limit: in
         stem = re.sub(r"_?[HL]$", "", group[0]) if re.search(r"[A-Z0-9]_?[HL]$", group[0]) else ""
         if stem and stem != group[0] and "_" in stem:
             group.append(stem)
+    # The register's or command's number names it as well as its name does (a driver may
+    # write either): a number of the heading joins the group of the name it belongs to.
+    own, _listed = section_numbers(section)
+    rows = rows or {}
+    for numbers in own:
+        home = next((g for g in groups if any(token(rows[n]) in numbers for n in g if n in rows)), None)
+        if home is not None:
+            home.extend(t for t in numbers if t not in home)
+        elif len(groups) < limit:
+            groups.append(list(numbers))
+    for group in groups:
+        extra = [token(rows[n]) for n in group if n in rows and token(rows[n]) not in group]
+        group.extend(extra)
     return groups[:limit]
 
 
@@ -130,6 +156,8 @@ class NameWeights:
         return False
 
     def shape(self, name: str) -> float:
+        if name.startswith("@"):
+            return 1.0  # a register number or opcode
         if "_" in name:
             return 1.0 + 0.5 * min(name.count("_"), 3)
         if any(c.isdigit() for c in name):
@@ -155,8 +183,8 @@ class NameWeights:
     def primary(self, groups: list[list[str]]) -> list[list[str]]:
         """Primary groups without part numbers, document-wide names (``MPU``) and plain words the
         datasheet also writes in lowercase (``OFF``)."""
-        kept = [[n for n in g if not self._is_part_number(n) and self.specificity(n) > 0
-                 and not (n.isalpha() and n.lower() in self.prose)] for g in groups]
+        kept = [[n for n in g if n.startswith("@") or (not self._is_part_number(n) and self.specificity(n) > 0
+                 and not (n.isalpha() and n.lower() in self.prose))] for g in groups]
         return [g for g in kept if g]
 
     def weights(self, names: list[str], section_id: str | None = None,

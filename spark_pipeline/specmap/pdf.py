@@ -251,7 +251,7 @@ def _gutter(segments: list[Line], width: float) -> float | None:
         crossing = sum(1 for s in text if s.x0 < x - 1 and s.x1 > x + 1)
         left = sum(1 for s in text if s.x1 <= x + 1)
         right = len(text) - left - crossing
-        if left < 5 or right < 5:
+        if left < 4 or right < 4:
             continue
         if crossing > 0.15 * len(text):
             continue

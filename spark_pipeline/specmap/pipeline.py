@@ -1,20 +1,23 @@
 """SpecMap M1–M4 over one repository–datasheet pair (paper §3.2, stage 1).
 
-M1 folder discovery   sections -> folders, the section text cut into word windows (adaptive
-                      chunking) and each window scored against every folder
-M2 file discovery     files inside the chosen folders, ranked against the best file anywhere
+M1 folder discovery   the folders of the candidate files, as relevant as their best file
+M2 file discovery     every candidate file of the repository gets an evidence row
+                      (:mod:`.features`: the section's names and register numbers it holds
+                      and uses, its text relevance over the section's word windows, what kind
+                      of file it is) and a probability from the fitted file model
+                      (:mod:`.model`); the model's fitted decision keeps the files
 M3 symbol discovery   Universal Ctags symbols inside the chosen files: definitions that carry
-                      the section's names and functions whose bodies use them
-M4 validation         sequential over sections, so context carries: a section with no
-                      direct evidence is looked for in the files of its parent and of the
-                      section before it; the status is implemented / partial / not
-                      implemented with the evidence, or not_applicable for sections no
-                      program implements (electrical, package, ordering, history)
+                      the section's names or numbers and functions whose bodies use them
+M4 validation         in document order: implemented when the chosen code holds the section's
+                      own names or numbers and a chosen symbol carries one, partial when it
+                      holds fewer, not implemented when no file was chosen, not_applicable for
+                      sections no program implements (electrical, package, ordering, history,
+                      by title or content: :mod:`.kinds`)
 
-Evidence is weighted by :mod:`.names` (specific register names over generic words, never
-the part number), files that use a name rank above files that only define it, and files
-for another part of the family rank below the datasheet's own (:mod:`.devices`). The
-repository index is built once per revision and cached (:mod:`.index`).
+Nothing in M1–M4 is a hand-set weight: the judge decides from the model's probabilities
+(the offline judge by the model's fitted decision, an LLM judge from the candidates ranked by
+them). Build outputs and tests never enter the candidates (:mod:`.roles`). The repository
+index is built once per revision and cached (:mod:`.index`).
 
 :func:`run_specmap` returns a :class:`SpecMapResult`; :mod:`.mapping_file` writes it.
 """
@@ -30,16 +33,21 @@ from pathlib import Path
 
 from spark_pipeline.records import Rejection, sha256_file
 from spark_pipeline.specmap import cache
+from spark_pipeline.specmap.addresses import document_rows
 from spark_pipeline.specmap.ctags import Symbol
 from spark_pipeline.specmap.datasheet import DatasheetError, Section, read_datasheet, sectioning_warnings
 from spark_pipeline.specmap.devices import DeviceHints, device_hints
+from spark_pipeline.specmap.features import candidate_rows
 from spark_pipeline.specmap.index import RepoIndex, load_or_build
 from spark_pipeline.specmap.judge import Candidate, LexicalJudge, Verdict
 from spark_pipeline.specmap.kinds import section_kinds
-from spark_pipeline.specmap.lexical import chunk_words, tokenize
+from spark_pipeline.specmap.lexical import tokenize
+from spark_pipeline.specmap.model import FileModel, decide
+from spark_pipeline.specmap.model import load as load_model
 from spark_pipeline.specmap.names import NameWeights, is_strong, primary_groups, section_names
 from spark_pipeline.specmap.pairs import PairError, ResolvedPair, files_at_revision
 from spark_pipeline.specmap.repo import RepoScan, ScanLimits, accepted_types
+from spark_pipeline.specmap.roles import Roles
 
 log = logging.getLogger(__name__)
 
@@ -47,45 +55,21 @@ log = logging.getLogger(__name__)
 @dataclass
 class SpecMapConfig:
     chunk_words: int = 350
-    """M1 adaptive chunking: section text longer than this many words is scored in windows."""
+    """M2 adaptive chunking: section text longer than this many words is scored in windows."""
     max_folders: int = 4
-    max_files: int = 5
+    """With an LLM judge: at most this many folders are offered to it per section."""
+    max_files: int | None = None
+    """At most this many files (of different contents) per section; None: the file model's
+    fitted cap."""
     max_symbols: int = 8
     implemented_coverage: float = 0.5
-    """M4: weighted share of a section's specific names (registers, fields, instances) found
-    in mapped code for 'implemented' (with at least one mapped symbol carrying one)."""
+    """M4: share of a section's own groups (register names or numbers) the chosen code must
+    hold for 'implemented' (with a chosen symbol carrying one); fewer is 'partial'."""
     max_excerpt_lines: int = 150
     """Mapping file: at most this many code lines per mapped file."""
     context_lines: int = 1
-    device_bonus: float = 0.25
-    """M1/M2: files whose name carries the datasheet's own part number (``stm32f411xe.h`` for an
-    STM32F411 datasheet) score this much higher."""
-    sibling_factor: float = 0.35
-    """M1/M2: files whose name carries another part of the same family (``stm32f401xc.h``) or
-    another core (``core_cm7.h`` for a Cortex-M4) keep this share of their score."""
-    define_share: float = 0.5
-    """A file that only defines a name (``#define``, struct field) counts this share of one
-    that uses it in code."""
-    own_name_floor: float = 0.6
-    """M1/M2: a file holding one of the section's own specific names (the register under its
-    heading) scores at least this share of the best file, however many fields the best holds."""
-    generic_factor: float = 0.3
-    """M1/M2: where a section has specific names in the repository, a file that holds none of
-    them (only plain words and text) keeps this share of its score."""
-    max_callers: int = 6
-    """M2 on demand: at most this many files that call a section's dedicated functions join it."""
-    dedicated_registers: int = 2
-    """A function is dedicated to a section's registers when its body uses at most this many
-    of the document's register names (an init that programs twenty is not)."""
-    path_factor: float = 2.0
-    """M1/M2: a file named after the peripheral a section is about (``i2c.c``, ``hal_gpio.c`` for
-    a section whose own name is I2C or GPIO) scores this many times more."""
-    semantic_weight: float = 0.2
-    """M1/M2 with semantic relevance switched on (:mod:`.semantic`): a file gains this much
-    times its embedding similarity to the section, relative to the best file's."""
-    text_weight: float = 0.3
-    """Share of BM25 text relevance in a file's score when the section has names (the rest is
-    name evidence); sections without names rank by text alone."""
+    llm_candidates: int = 20
+    """With an LLM judge: the files offered to it per section, best by the file model first."""
     scan: ScanLimits = field(default_factory=ScanLimits)
 
 
@@ -127,6 +111,12 @@ class SectionMapping:
     """What the section is about, as groups of alternative names (:func:`.names.primary_groups`)."""
     document: frozenset[str] = frozenset()
     """Every name of the datasheet (to tell ``MPU6050_RA_CONFIG`` from ``GYRO_CONFIG``)."""
+    candidates: list[tuple[str, dict[str, float], str]] = field(default_factory=list, repr=False)
+    """M2's candidate files: (path, evidence row, content key) (:mod:`.features`)."""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    """The file model's probability for each candidate."""
+    section_probability: float | None = None
+    """The section gate's probability that the section carries code (offline judge)."""
 
     @property
     def files(self) -> list[MappedFile]:
@@ -173,13 +163,8 @@ class SpecMapResult:
         }
 
 
-def _normalise(scores: dict[str, float]) -> dict[str, float]:
-    best = max(scores.values(), default=0.0)
-    return {k: (v / best if best > 0 else 0.0) for k, v in scores.items()}
-
-
 #: Bumped when the datasheet readers change what they produce (invalidates cached sections).
-READER_VERSION = 2
+READER_VERSION = 5
 
 
 def read_sections(datasheets, cache_dir: Path | None = None) -> tuple[list[Section], list[Rejection], list[str]]:
@@ -208,13 +193,15 @@ def read_sections(datasheets, cache_dir: Path | None = None) -> tuple[list[Secti
 
 def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                cache_dir: Path | None = None, semantic=None) -> SpecMapResult:
+                cache_dir: Path | None = None, semantic=None, model: FileModel | None = None) -> SpecMapResult:
     """Map every datasheet section of a pair to folders, files and symbols, and validate it.
     ``cache_dir`` holds repository indexes and parsed datasheets across pairs and runs (none:
     built each time). ``semantic``: a :class:`~.semantic.SemanticScorer` to add embedding
-    relevance to M1/M2 (none: lexical only)."""
+    relevance (none: lexical only). ``model``: the file model (none: the shipped one,
+    :func:`.model.load`)."""
     config = config or SpecMapConfig()
     judge = judge or LexicalJudge()
+    model = model or load_model()
     started = time.perf_counter()
     pair = resolved.pair
     sections, rejections, warnings = read_sections(pair.datasheets, cache_dir)
@@ -233,14 +220,15 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
                         f"{len(scan.rejections)} rejected). Source files are read in: {accepted_types()}")
 
     hints = device_hints([s.path for s in pair.datasheets], _first_pages(sections))
-    names = {s.id: section_names(s) for s in sections}
-    kinds = section_kinds(sections)
+    roles = Roles(hints)
+    rows = document_rows([s for s in sections if not s.names])
+    names = {s.id: section_names(s, rows) for s in sections}
+    kinds = section_kinds(sections, mcu=bool(hints.cores))
     weights = NameWeights.for_document(sections, names, index.names, hints.parts, set(kinds))
     document = frozenset(weights.section_df)
 
     mappings: list[SectionMapping] = []
     context: list[str] = []
-    by_id: dict[str, SectionMapping] = {}
     similar = None
     if semantic is not None:
         vectors_at = (Path(cache_dir) / f"{index.key}.{semantic.name}.semantic") if cache_dir and index.key else None
@@ -248,8 +236,8 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
         def similar(section: Section) -> dict[str, float]:
             return semantic.similarities(f"{section.title}\n{section.text[:1500]}", index, vectors_at)
 
-    primaries = {s.id: weights.primary(primary_groups(s, names[s.id])) for s in sections if s.id not in kinds}
-    registers = frozenset(n for groups in primaries.values() for g in groups for n in g if is_strong(n))
+    primaries = {s.id: weights.primary(primary_groups(s, names[s.id], rows=rows)) for s in sections
+                 if s.id not in kinds}
     for i, section in enumerate(sections):
         primary = primaries.get(section.id, [])
         mapping = SectionMapping(section, names[section.id], kind=kinds.get(section.id),
@@ -258,11 +246,9 @@ def run_specmap(resolved: ResolvedPair, judge=None, config: SpecMapConfig | None
         if mapping.kind:
             mapping.verdict = Verdict("not_applicable", [f"a {mapping.kind} section: nothing a program implements"])
         else:
-            _map_section(mapping, index, hints, judge, config, similar)
-            _follow_callers(mapping, index, hints, config, registers)
-            _validate(mapping, index, judge, config, by_id, mappings[-1] if mappings else None, context)
+            _map_section(mapping, index, hints, roles, judge, config, model, similar)
+            _validate(mapping, index, judge, config, context)
         mappings.append(mapping)
-        by_id[section.id] = mapping
         context.append(f"{section.id} {section.title[:60]}: {mapping.verdict.status}")
         if progress:
             progress(i + 1, len(sections))
@@ -281,113 +267,54 @@ def _first_pages(sections: list[Section]) -> list[str]:
     return list(firsts.values())
 
 
-def _score_files(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, config: SpecMapConfig,
-                 similar: Callable[[Section], dict[str, float]] | None = None
-                 ) -> tuple[dict[str, tuple[float, float]], dict[str, list[str]], dict[str, float]]:
-    """Every file's (relative score, raw score), the names each file holds, and each folder's
-    text relevance."""
-    section = mapping.section
-    name_scores, name_hits = index.names.score_files(mapping.weights, config.define_share)
-    file_bm25: dict[str, float] = {}
-    folder_bm25: dict[str, float] = {}
-    for window in chunk_words(section.text or section.title, config.chunk_words):
-        window_tokens = tokenize(f"{section.title} {window}")
-        for path, score in index.file_bm25.scores(window_tokens).items():
-            file_bm25[path] = max(file_bm25.get(path, 0.0), score)
-        for folder, score in index.folder_bm25.scores(window_tokens).items():
-            folder_bm25[folder] = max(folder_bm25.get(folder, 0.0), score)
-    nn, nb = _normalise(name_scores), _normalise(file_bm25)
-    text_share = config.text_weight if name_scores else 1.0
-    own = {n for g in mapping.primary for n in g if is_strong(n) and n in mapping.weights}
-    acronyms = {re.sub(r"\d+$", "", n).lower() for g in mapping.primary for n in g
-                if "_" not in n and 3 <= len(n) <= 8} - {""}
-    specific = any(is_strong(n) for n in mapping.weights)
-    files: dict[str, tuple[float, float]] = {}
-    for path in set(name_scores) | set(file_bm25):
-        rel = (1 - text_share) * nn.get(path, 0.0) + text_share * nb.get(path, 0.0)
-        held = name_hits.get(path, ())
-        if acronyms and acronyms & _name_tokens(path):
-            rel *= config.path_factor  # i2c.c for an I2C section, stm32f4xx_hal_gpio.c for GPIOs
-        if own & set(held):
-            rel = max(rel, config.own_name_floor)  # it holds the register the section is about
-        elif specific and not any(is_strong(n) for n in held):
-            rel *= config.generic_factor  # only words and text, where the section has real names
-        if hints.is_device_file(path):
-            rel *= 1 + config.device_bonus
-        elif hints.is_sibling(path):
-            rel *= config.sibling_factor
-        raw = 2.0 * name_scores.get(path, 0.0) + file_bm25.get(path, 0.0)
-        if rel > 0 and raw > 0:
-            files[path] = (rel, raw)
-    if similar is not None and config.semantic_weight > 0:
-        sims = similar(section)
-        top = max(sims.values(), default=0.0)
-        for path, sim in sims.items():
-            share = max(sim, 0.0) / top if top > 0 else 0.0
-            if path in files or share >= 0.9:  # a close match in meaning joins even without words in common
-                rel, raw = files.get(path, (0.0, 0.0))
-                files[path] = (rel + config.semantic_weight * share, raw + share)
-    best = max((rel for rel, _ in files.values()), default=0.0) or 1.0
-    return {p: (rel / best, raw) for p, (rel, raw) in files.items()}, name_hits, folder_bm25
+def _evidence(row: dict[str, float], names: list[str]) -> str:
+    """A candidate's evidence in a few words, for the sidecar and an LLM judge."""
+    parts = [f"holds {', '.join(names[:4])}"] if names else []
+    if row.get("number_cov"):
+        parts.append(f"register numbers {row['number_cov']:.0%}")
+    if row.get("bm25_top"):
+        parts.append("among the best by text")
+    for flag, words in (("example", "an example or application"), ("own_closure", "included by the part's files"),
+                        ("sibling", "another family member")):
+        if row.get(flag):
+            parts.append(words)
+    return "; ".join(parts)
 
 
-def _name_tokens(path: str) -> set[str]:
-    """The words of a file's name: ``stm32f4xx_hal_gpio.c`` -> stm32f4xx, hal, gpio."""
-    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return {t.lower() for t in re.split(r"[_\-.]+", stem) if t}
-
-
-def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, judge,
-                 config: SpecMapConfig, similar: Callable[[Section], dict[str, float]] | None = None) -> None:
+def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, roles: Roles, judge,
+                 config: SpecMapConfig, model: FileModel,
+                 similar: Callable[[Section], dict[str, float]] | None = None) -> None:
     section = mapping.section
     if not section.text.strip() and not mapping.names:
         return
     query = f"{section.title}\n{section.text}"
-    files, name_hits, folder_bm25 = _score_files(mapping, index, hints, config, similar)
+    rows = candidate_rows(mapping, index, roles, hints, similar, config.chunk_words)
+    probs = [model.probability(row) for _, row, _ in rows]
+    mapping.candidates = rows
+    mapping.probabilities = {path: round(p, 4) for (path, _, _), p in zip(rows, probs, strict=True)}
+    _scores, hits = index.names.score_files(mapping.weights, 0.5)
+    reasons = {path: _evidence(row, hits.get(path, [])) for path, row, _ in rows}
 
-    # M1: a folder is as relevant as its best file, with its text as a whole as the tie-break.
-    best_in_folder: dict[str, tuple[float, float]] = {}
-    for path, (rel, raw) in files.items():
+    if isinstance(judge, LexicalJudge):
+        decision = model if config.max_files is None else _capped(model, config.max_files)
+        chosen, mapping.section_probability = decide(decision, rows, probs)
+    else:
+        chosen = _ask_judge(judge, section.title, query, rows, probs, reasons, index, config)
+    by_folder: dict[str, MappedFolder] = {}
+    for path, p in chosen:
         folder = index.scan.files[path].folder
-        if folder not in best_in_folder or rel > best_in_folder[folder][0]:
-            best_in_folder[folder] = (rel, raw)
-    folder_norm = _normalise(folder_bm25)
-    candidates = [Candidate(k, 0.85 * rel + 0.15 * folder_norm.get(k, 0.0), raw,
-                            sorted({n for p in index.folders[k] for n in name_hits.get(p, [])})[:8],
-                            preview=", ".join(sorted(p.rsplit("/", 1)[-1] for p in index.folders[k])[:8]))
-                  for k, (rel, raw) in best_in_folder.items()]
-    ranked = judge.pick("folders", section.title, query, candidates, lambda k: k in index.folders,
-                        len(candidates))
-    folders = _distinct(ranked, best_in_folder, files, index, config.max_folders)
+        if folder not in by_folder:
+            by_folder[folder] = MappedFolder(folder, round(p, 4), f"holds {path.rsplit('/', 1)[-1]}")
+        by_folder[folder].files.append(MappedFile(path, round(p, 4), reasons.get(path, "")))
+    mapping.folders = list(by_folder.values())
 
-    # M2: files inside the chosen folders, each against the best file anywhere.
+    # M3: symbols inside each chosen file.
     terms = set(tokenize(query))
-    picked_files: list[tuple[str, object]] = []
-    for choice in folders:
-        paths = index.folders[choice.key]
-        candidates = [Candidate(p, files[p][0], files[p][1], name_hits.get(p, [])[:8],
-                                preview=", ".join(s.name for s in index.symbols.get(p, [])[:10]))
-                      for p in paths if p in files]
-        picked = judge.pick("files", section.title, query, candidates,
-                            lambda k, ps=set(paths): k in ps, config.max_files)
-        folder = MappedFolder(choice.key, choice.score, choice.reason)
-        mapping.folders.append(folder)
-        for fchoice in picked:
-            folder.files.append(MappedFile(fchoice.key, fchoice.score, fchoice.reason))
-            picked_files.append((fchoice.key, folder))
-    mapping.folders = [f for f in mapping.folders if f.files]
-
-    # M3: symbols inside each chosen file, unless M4 cannot find the section in them anyway:
-    # its own names are registers and no chosen file holds one (symbols are scored lazily).
-    strong_groups = [g for g in mapping.primary if all(is_strong(n) for n in g)]
-    if strong_groups and len(strong_groups) == len(mapping.primary) and not any(
-            f.path in index.names.files_for(n) for f in mapping.files for g in strong_groups for n in g):
-        return
     defined = {f.path: {s.name for s in index.symbols.get(f.path, []) if s.kind == "function"} for f in mapping.files}
     functions_anywhere = set().union(*defined.values()) if defined else set()
     for mapped in mapping.files:
         scored = _score_symbols(mapped.path, mapping.weights, terms, index, functions_anywhere, mapping.document,
-                                frozenset(n for g in mapping.primary for n in g if "_" not in n))
+                                frozenset(n for g in mapping.primary for n in g if "_" not in n and not n.startswith("@")))
         best = max((score for _, score, _ in scored), default=0.0)
         by_name = {sym.name: sym for sym, _, _ in scored}
         sym_candidates = [Candidate(sym.name, score / best if best else 0.0, score, evidence,
@@ -397,6 +324,38 @@ def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, 
         mapped.symbols = [MappedSymbol(by_name[c.key], c.score, c.reason) for c in sym_choices]
 
 
+def _capped(model: FileModel, max_files: int) -> FileModel:
+    from dataclasses import replace
+
+    return replace(model, max_files=max_files)
+
+
+def _ask_judge(judge, title: str, query: str, rows, probs, reasons: dict[str, str], index: RepoIndex,
+               config: SpecMapConfig) -> list[tuple[str, float]]:
+    """An LLM judge chooses folders (M1), then files inside them (M2), from the candidates the
+    file model ranks best; every path it returns is checked against the repository."""
+    ranked = sorted(zip(rows, probs, strict=True), key=lambda rp: (-rp[1], rp[0][0]))[: config.llm_candidates]
+    prob = {path: p for (path, _, _), p in ranked}
+    folders: dict[str, list[str]] = {}
+    for (path, _, _), _p in ranked:
+        folders.setdefault(index.scan.files[path].folder, []).append(path)
+    folder_candidates = [Candidate(f, max(prob[p] for p in ps), max(prob[p] for p in ps),
+                                   [reasons.get(ps[0], "")], preview=", ".join(p.rsplit("/", 1)[-1] for p in ps[:8]))
+                         for f, ps in folders.items()]
+    picked_folders = judge.pick("folders", title, query, folder_candidates, lambda k: k in index.folders,
+                                config.max_folders)
+    chosen: list[tuple[str, float]] = []
+    limit = config.max_files or 5
+    for choice in picked_folders:
+        inside = folders.get(choice.key, [])
+        candidates = [Candidate(p, prob[p], prob[p], [reasons.get(p, "")],
+                                preview=", ".join(s.name for s in index.symbols.get(p, [])[:10])) for p in inside]
+        in_folder = set(index.folders.get(choice.key, []))
+        for fchoice in judge.pick("files", title, query, candidates, in_folder.__contains__, limit):
+            chosen.append((fchoice.key, fchoice.score))
+    return chosen
+
+
 def _tail_match(symbol: str, name: str, document: frozenset[str]) -> bool:
     """``MPU6050_RA_CONFIG`` carries ``CONFIG`` (a driver prefix, then the name); ``GYRO_CONFIG``
     does not (its prefix is another datasheet name)."""
@@ -404,80 +363,6 @@ def _tail_match(symbol: str, name: str, document: frozenset[str]) -> bool:
         return False
     prefix = symbol[: -len(name) - 1].split("_")
     return not any(part in document for part in prefix)
-
-
-_DISTINCTIVE = re.compile(r"_|[a-z][A-Z]")
-
-
-def _follow_callers(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, config: SpecMapConfig,
-                    registers: frozenset[str]) -> None:
-    """M2, on demand: the functions a section mapped that are dedicated to its registers (they
-    use one of the section's own names and at most ``dedicated_registers`` of all the
-    document's register names: ``setClockSource``, not an init that programs twenty) lead to
-    the files that call or declare them: the driver's API header, the examples and tests
-    that exercise that register. Up to ``max_callers`` such files join the section, each
-    with the functions (or prototypes) that name the dedicated function."""
-    own = {n for g in mapping.primary for n in g if "_" in n}  # registers, not a bus (I2C1_init is generic)
-    if not own or not mapping.files or config.max_callers <= 0:
-        return
-    dedicated: set[str] = set()
-    for mapped in mapping.files:
-        if not any(c.symbol.kind == "function" for c in mapped.symbols):
-            continue
-        sindex = index.symbol_index(mapped.path)
-        position = {id(sym): i for i, sym in enumerate(sindex.symbols)}
-        for chosen in mapped.symbols:
-            sym = chosen.symbol
-            runs = sindex.uses.get(position.get(id(sym), -1), frozenset())
-            if (sym.kind == "function" and runs & own and len(runs & registers) <= config.dedicated_registers
-                    and len(sym.name) >= 6 and _DISTINCTIVE.search(sym.name)):
-                dedicated.add(sym.name)
-    mapped_paths = {f.path for f in mapping.files}
-    callers: dict[str, list[str]] = {}
-    for name in sorted(dedicated):
-        for path in index.references.get(name, ()):
-            if path in mapped_paths or path not in index.scan.files or hints.is_sibling(path):
-                continue
-            if any(s.name == name and s.kind == "function" for s in index.symbols.get(path, [])):
-                continue  # another implementation of the function (a sibling core's header), not a caller
-            callers.setdefault(path, []).append(name)
-    ranked = sorted(callers.items(), key=lambda kv: (-len(kv[1]), kv[0]))[: config.max_callers]
-    for path, names in ranked:
-        lines = index.scan.files[path].text.split("\n")
-        pattern = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in names) + r")\b")
-        hits = [n for n, line in enumerate(lines, start=1) if pattern.search(line)]
-        symbols, seen = [], set()
-        for sym in index.symbols.get(path, []):
-            if sym.kind not in ("function", "prototype") or sym.name in seen:
-                continue
-            if any(sym.line <= h <= max(sym.end, sym.line) for h in hits):
-                seen.add(sym.name)
-                symbols.append(MappedSymbol(sym, 0.5, "names " + ", ".join(names[:4])))
-        mapped = MappedFile(path, 0.5, "calls or declares " + ", ".join(names[:4]), symbols[: config.max_symbols])
-        folder_path = index.scan.files[path].folder
-        folder = next((f for f in mapping.folders if f.path == folder_path), None)
-        if folder is None:
-            folder = MappedFolder(folder_path, 0.5, "holds callers of the section's functions")
-            mapping.folders.append(folder)
-        folder.files.append(mapped)
-
-
-def _distinct(ranked, best_in_folder, files, index: RepoIndex, limit: int):
-    """The first ``limit`` folders whose best files differ in content; folders that hold a
-    copy of an already chosen folder's best file (the same device header vendored into three
-    projects) come along without taking a slot."""
-    chosen, seen = [], set()
-    for choice in ranked:
-        best = [p for p in index.folders[choice.key] if p in files and files[p][0] >= best_in_folder[choice.key][0]]
-        key = index.content_key(best[0]) if best else choice.key
-        if key in seen:
-            chosen.append(choice)
-            continue
-        if len(seen) >= limit:
-            continue
-        seen.add(key)
-        chosen.append(choice)
-    return chosen
 
 
 def _head_match(symbol: str, name: str) -> bool:
@@ -552,77 +437,56 @@ def _found_names(mapping: SectionMapping, index: RepoIndex) -> dict[str, str]:
 
 
 def _lexical_verdict(mapping: SectionMapping, index: RepoIndex, config: SpecMapConfig) -> Verdict:
-    """M4 by evidence. A section is about its primary names (the register under its heading,
-    :func:`.names.primary_groups`): *implemented* when mapped code holds at least
-    ``implemented_coverage`` of those groups and a mapped symbol carries a specific one
-    (``PWR_MGMT_1``, ``USART2``: defines it, or a function uses it); *partial* when mapped
-    code holds some of them; *not implemented* otherwise, whatever generic words the code
-    shares with the section. A section whose own names are plain words (``CONFIG``) is at
-    most partial; one with none (prose) is partial when a mapped symbol carries a specific
-    name of its text, else not implemented."""
+    """M4 by evidence. A section is about its primary groups (the register under its heading
+    and its number, :func:`.names.primary_groups`). With files chosen: *implemented* when they
+    hold at least ``implemented_coverage`` of the groups and a chosen symbol carries one
+    (defines it or a function uses it), else *partial*; a section without such groups
+    (prose) is *partial*. With no file chosen: *not implemented*."""
     files = mapping.files
     if not mapping.section.text.strip() and not mapping.names:
         return Verdict("not_implemented", ["the section has no text"])
     if not files:
-        return Verdict("not_implemented", ["no folder or file scored above the relevance floor"])
+        best = max(mapping.probabilities.items(), key=lambda kv: kv[1], default=None)
+        gate = mapping.section_probability
+        own = ", ".join(g[0] for g in mapping.primary[:5])
+        if own and not any(f in index.names.files_for(n) for g in mapping.primary for n in g
+                           for f in mapping.probabilities):
+            return Verdict("not_implemented", [f"no candidate file holds the section's own names or numbers ({own})"
+                                               + (f"; best {best[0]} at {best[1]:.2f}" if best else "")])
+        if gate is not None:
+            why = (f"the section gate judges it to carry no code ({gate:.2f}: what kind of text it is and how "
+                   f"sure the file decision is; best file {best[0]} at {best[1]:.2f})" if best else "no file")
+        elif best:
+            why = f"no file is likely enough to implement it (best {best[0]} at {best[1]:.2f})"
+        else:
+            why = "no file holds its names, numbers or words"
+        return Verdict("not_implemented", [why])
     found = _found_names(mapping, index)
     carried = {e.removeprefix("uses ") for f in files for s in f.symbols for e in s.reason.split(", ") if e}
     evidence = [f"{name} in {path}" for name, path in list(found.items())[:10]]
     evidence += [f"{s.symbol.name} ({s.symbol.kind}) {f.path}:{s.symbol.line}-{s.symbol.end}"
                  for f in files for s in f.symbols[:3]][:10]
+    evidence.insert(0, "files chosen by the file model: " + ", ".join(
+        f"{f.path} ({f.score:.2f})" for f in files[:5]))
     groups = mapping.primary
-    if groups:
-        def held(group: list[str]) -> bool:
-            return any(n in carried or (is_strong(n) and n in found) for n in group)
-
-        hit = [g for g in groups if held(g)]
-        named = [g for g in hit if any(n in carried and is_strong(n) for n in g)]
-        evidence.insert(0, f"{len(hit)}/{len(groups)} of the section's own names in mapped code: "
-                           + ", ".join(" | ".join(g[:3]) for g in groups[:6]))
-        if hit and len(hit) / len(groups) >= config.implemented_coverage and named:
-            return Verdict("implemented", evidence)
-        if hit:
-            return Verdict("partial", evidence)
-        others = sorted(found)[:5]
-        return Verdict("not_implemented", [f"none of the section's own names ({', '.join(g[0] for g in groups[:5])}) "
-                                           "is in the mapped code" + (f"; it shares only {', '.join(others)}"
-                                                                      if others else "")])
-    if any(is_strong(n) and n in carried for n in found):
+    if not groups:
         return Verdict("partial", evidence)
-    return Verdict("not_implemented", ["the mapped code holds none of the section's register, field or "
-                                       "peripheral names, only " + (", ".join(sorted(found)[:5]) or "text")])
+
+    def held(group: list[str]) -> bool:
+        return any(n in carried or (is_strong(n) and n in found) for n in group)
+
+    hit = [g for g in groups if held(g)]
+    named = [g for g in hit if any(n in carried and is_strong(n) for n in g)]
+    evidence.insert(1, f"{len(hit)}/{len(groups)} of the section's own names or numbers in the chosen code: "
+                       + ", ".join(" | ".join(g[:3]) for g in groups[:6]))
+    if hit and len(hit) / len(groups) >= config.implemented_coverage and named:
+        return Verdict("implemented", evidence)
+    return Verdict("partial", evidence)
 
 
-def _validate(mapping: SectionMapping, index: RepoIndex, judge, config: SpecMapConfig,
-              by_id: dict[str, SectionMapping], previous: SectionMapping | None, context: list[str]) -> None:
-    """M4. Sequential: a section with no evidence of its own borrows the files of its parent
-    or of the section before it when those files mention the section's names."""
-    strong = [n for g in mapping.primary for n in g if is_strong(n)] or [n for n in mapping.weights if is_strong(n)]
-    if not mapping.files and strong:
-        for neighbour in (by_id.get(mapping.section.parent_id or ""), previous):
-            if neighbour is None or not neighbour.files:
-                continue
-            hits = {n: [f for f in neighbour.files if f.path in index.names.files_for(n)] for n in strong}
-            if any(hits.values()):
-                terms = set(tokenize(mapping.section.title))
-                defined = {s.name for f in neighbour.files for s in index.symbols.get(f.path, [])
-                           if s.kind == "function"}
-                for folder in neighbour.folders:
-                    kept = []
-                    for f in folder.files:
-                        if not any(f in v for v in hits.values()):
-                            continue
-                        scored = _score_symbols(f.path, mapping.weights, terms, index, defined, mapping.document)
-                        scored.sort(key=lambda t: (-t[1], t[0].line))
-                        syms = [MappedSymbol(sym, 1.0, ", ".join(ev)) for sym, _, ev in scored[: config.max_symbols]]
-                        kept.append(MappedFile(f.path, f.score, f"context of section {neighbour.section.id}", syms))
-                    if kept:
-                        mapping.folders.append(MappedFolder(folder.path, folder.score, folder.reason, kept))
-                mapping.via_context = neighbour.section.id
-                break
+def _validate(mapping: SectionMapping, index: RepoIndex, judge, config: SpecMapConfig, context: list[str]) -> None:
+    """M4, in document order: the judge sees the statuses of the sections before this one."""
     lexical = _lexical_verdict(mapping, index, config)
-    if mapping.via_context:
-        lexical.evidence.insert(0, f"found through the context of section {mapping.via_context}")
     summary = {f.path: [s.symbol.name for s in f.symbols] for f in mapping.files}
     mapping.verdict = judge.validate(mapping.section.title, f"{mapping.section.title}\n{mapping.section.text}",
                                      summary, context, lexical)

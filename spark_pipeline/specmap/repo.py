@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spark_pipeline.records import Rejection
+from spark_pipeline.specmap.roles import role
 
 #: Languages (Universal Ctags' names) whose files are source code for SpecMap.
 CODE_LANGUAGES = (
@@ -115,7 +116,15 @@ class ScanLimits:
     max_file_bytes: int = 2 * 1024 * 1024
     """Files above this size are skipped unread (generated register dumps, blobs)."""
     max_line_chars: int = 5000
-    """A line longer than this marks a minified or generated file."""
+    """A line longer than this is left out of the file's text (a font table, an embedded
+    image); the file is kept."""
+    max_long_share: float = 0.5
+    """A file whose long lines hold more than this share of its bytes is minified or
+    generated and skipped whole."""
+    excluded_roles: tuple[str, ...] = ("build", "build_script", "test")
+    """File roles (:mod:`.roles`) set aside at the scan: build outputs and generated files,
+    build scripts (make, CMake), tests. Empty: every source file is read (the benchmark's plain
+    baseline)."""
 
 
 @dataclass
@@ -124,6 +133,8 @@ class RepoFile:
     text: str
     encoding: str = "utf-8"
     language: str = ""
+    role: str = "source"
+    """What the file is besides source code (:func:`.roles.role`): source, example, vendor."""
 
     @property
     def folder(self) -> str:
@@ -236,17 +247,56 @@ def scan_repository(root: Path, listed: set[str] | None = None, limits: ScanLimi
         if _GENERATED.search(data[:2048]):
             reject(rel, "generated_docs", f"{who}: {rel} was written by a documentation generator; skipped")
             continue
-        longest = max((len(line) for line in data.split(b"\n")), default=0)
-        if longest > limits.max_line_chars:
-            reject(rel, "long_line", f"{who}: {rel} has a {longest:,}-character line (minified or generated); skipped")
+        file_role = "build_script" if language in ("Make", "CMake") else role(rel, data[:600])
+        if file_role in limits.excluded_roles:
+            reason = {"build": "build_output", "test": "test"}.get(file_role, file_role)
+            what = {"build": "a build output or generated file", "test": "a test",
+                    "build_script": "a build script"}.get(file_role, file_role)
+            reject(rel, reason, f"{who}: {rel} is {what}; not mapped")
             continue
-        try:
-            text = data.decode("utf-8")
-            encoding = "utf-8"
-        except UnicodeDecodeError as exc:
-            text = data.decode("latin-1")
-            encoding = "latin-1"
+        lines = data.split(b"\n")
+        long_lines = [i for i, line in enumerate(lines) if len(line) > limits.max_line_chars]
+        if long_lines:
+            long_bytes = sum(len(lines[i]) for i in long_lines)
+            if long_bytes > limits.max_long_share * len(data):
+                reject(rel, "long_line", f"{who}: {rel} is mostly {len(long_lines)} line(s) of over "
+                       f"{limits.max_line_chars:,} characters (minified or generated); skipped")
+                continue
+            for i in long_lines:
+                lines[i] = b""  # blanked, so line numbers still match the file
+            data = b"\n".join(lines)
+            scan.notes.append(Rejection("scan", f"{who}:{rel}", "long_line",
+                                        f"{who}: {rel}: {len(long_lines)} line(s) over {limits.max_line_chars:,} "
+                                        f"characters left out (first at line {long_lines[0] + 1}); the rest is read"))
+        text, encoding = decode(data)
+        if encoding != "utf-8":
             scan.notes.append(Rejection("scan", f"{who}:{rel}", "non_utf8",
-                                        f"{who}: {rel} is not UTF-8 (byte {exc.start}); read as Latin-1"))
-        scan.files[rel] = RepoFile(rel, text.replace("\r\n", "\n"), encoding, language)
+                                        f"{who}: {rel} is not UTF-8; read as {encoding}"))
+        scan.files[rel] = RepoFile(rel, text.replace("\r\n", "\n"), encoding, language, file_role)
     return scan
+
+
+#: The encodings source files are found in besides UTF-8: Chinese, Japanese and Korean
+#: comments, and the Windows code pages of European ones.
+LEGACY_ENCODINGS = ("gb18030", "big5", "shift_jis", "euc_jp", "euc_kr", "cp1252", "cp1251", "cp1250", "latin_1")
+
+
+def decode(data: bytes) -> tuple[str, str]:
+    """A source file's text and its encoding: UTF-8, else the encoding charset-normalizer
+    finds (GB2312 or Shift-JIS comments, Windows-1252), else Latin-1 (every byte maps)."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data, cp_isolation=list(LEGACY_ENCODINGS)).best()
+    except Exception:  # noqa: BLE001 - detection is a refinement; Latin-1 always decodes
+        best = None
+    if best is not None and best.encoding:
+        try:
+            return data.decode(best.encoding), best.encoding
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return data.decode("latin-1"), "latin-1"
