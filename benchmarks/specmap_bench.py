@@ -258,10 +258,15 @@ def score_pair(run: PairRun, baseline: Baseline | None) -> dict:
             leaks.append(f"{key} ({kind}): {len(mapping.files)} file(s) as {mapping.verdict.status}")
     headings = None
     if run.sheet.get("headings"):
+        # A printed heading matches a section by its title, or by its number and title (labels
+        # of numbered headings give "4.12 Checksum Calculation", sections id 4.12 and the title).
         wanted = [norm_title(h["title"]) for h in run.sheet["headings"]]
-        ours_titles = [norm_title(m.section.title) for m in run.result.sections if m.section.id != "front"]
-        found = sum(1 for w in wanted if w in set(ours_titles))
-        correct = sum(1 for t in ours_titles if t in set(wanted))
+        sections = [m.section for m in run.result.sections if m.section.id != "front"]
+        ours_titles = [norm_title(s.title) for s in sections]
+        ours_both = {norm_title(f"{s.id} {s.title}") for s in sections} | set(ours_titles)
+        found = sum(1 for w in wanted if w in ours_both)
+        correct = sum(1 for s in sections if norm_title(s.title) in set(wanted)
+                      or norm_title(f"{s.id} {s.title}") in set(wanted))
         headings = {"labelled": len(wanted), "found": found, "sections": len(ours_titles), "correct": correct,
                     "recall": round(found / len(wanted), 3) if wanted else 0.0,
                     "precision": round(correct / len(ours_titles), 3) if ours_titles else 0.0}

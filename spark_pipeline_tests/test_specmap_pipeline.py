@@ -151,6 +151,11 @@ def test_mapping_file_format_and_sidecar(imu, storage, tmp_path):
     sec = next(s for s in sidecar["sections"] if s["id"] == "3.8")
     sym = sec["folders"][0]["files"][0]["symbols"][0]
     assert {"name", "kind", "line", "end", "score"} <= set(sym)
+    # every candidate's probability from the file model, best first, for auditing the decision
+    probabilities = [c["probability"] for c in sec["candidates"]]
+    assert sec["candidates"][0]["path"] in {"include/skm6.h", "src/skm6.c"}
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < probabilities[0] <= 1
+    assert 0 <= sec["section_probability"] <= 1
     assert re.fullmatch(r"[0-9a-f]{64}", sidecar["mapping_sha256"])
 
 

@@ -72,6 +72,10 @@ def sidecar(result: SpecMapResult, mapping_sha256: str) -> dict:
             "evidence": m.verdict.evidence,
             "judged_by": m.verdict.judged_by,
             "via_context": m.via_context,
+            "section_probability": (round(m.section_probability, 4) if m.section_probability is not None
+                                    else None),
+            "candidates": [{"path": path, "probability": p} for path, p in
+                           sorted(m.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))[:10]],
             "folders": [{
                 "path": folder.path, "score": folder.score, "reason": folder.reason,
                 "files": [{

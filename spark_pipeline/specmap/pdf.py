@@ -612,11 +612,16 @@ def _style(line: Line) -> tuple[float, bool, bool]:
     return (line.size, line.bold >= 0.6, caps)
 
 
+_BULLET = re.compile(r"^[\u2022\u25cf\u25a0\u25c6\u25aa\u25b6\u25ba\u2023\u2043\u25e6\u25cb\u25a1\u25c7*]+\s*")
+
+
 def heading_candidate(line: Line, body: float, continued: bool = False) -> bool:
     """A line set as a heading: alone on its baseline, short, in words, bold at body size or
     larger than the body, and not a caption or a sentence. ``continued``: the line may end
-    in a comma (a heading broken over two lines; the joined heading may not)."""
-    text = line.text.strip()
+    in a comma (a heading broken over two lines; the joined heading may not). A leading
+    bullet symbol (``●Electrical Characteristics``, as some vendors mark headings) is not
+    part of the heading."""
+    text = _BULLET.sub("", line.text.strip())
     if line.peers > 1 or len(text) < 3 or len(text) > 110 or len(text.split()) > 14:
         return False
     letters = sum(c.isalpha() for c in text)
@@ -633,29 +638,35 @@ def heading_candidate(line: Line, body: float, continued: bool = False) -> bool:
     return True
 
 
-def _margins(flat: list[Line]) -> dict[tuple[int, int], tuple[float, float]]:
-    """The left and right edges of the prose in each column of each page: where most lines of
-    five words or more start and end."""
+def _margins(flat: list[Line]) -> dict[tuple[int, int], tuple[float, float, float]]:
+    """The edges of the prose in each column of each page: where most lines of five words or
+    more start and end, and the leftmost start two or more of them share (prose and indented
+    lists start at different places)."""
     starts: dict[tuple[int, int], Counter] = defaultdict(Counter)
     ends: dict[tuple[int, int], Counter] = defaultdict(Counter)
     for line in flat:
         if len(line.text.split()) >= 5 and line.peers == 1:
             starts[(line.page, line.column)][round(line.x0 / 3)] += 1
             ends[(line.page, line.column)][round(line.x1 / 3)] += 1
-    return {key: (counts.most_common(1)[0][0] * 3, ends[key].most_common(1)[0][0] * 3)
-            for key, counts in starts.items()}
+    out = {}
+    for key, counts in starts.items():
+        shared = [x for x, n in counts.items() if n >= 2] or list(counts)
+        out[key] = (counts.most_common(1)[0][0] * 3, ends[key].most_common(1)[0][0] * 3, min(shared) * 3)
+    return out
 
 
-def _aligned(line: Line, margins: dict[tuple[int, int], tuple[float, float]]) -> bool:
+def _aligned(line: Line, margins: dict[tuple[int, int], tuple[float, float, float]]) -> bool:
     """Set flush with the column's prose, left or right (older datasheets set headings flush
-    right), or centred on it; table cells and figure labels sit elsewhere."""
+    right), centred on it, or outdented left of it; table cells and figure labels sit
+    elsewhere."""
     edges = margins.get((line.page, line.column))
     if edges is None:
         return True
-    left, right = edges
+    left, right, leftmost = edges
     centred = abs((line.x0 + line.x1) / 2 - (left + right) / 2) <= 6.0 and line.x0 > left + 6.0
-    hanging = left - 24.0 <= line.x0 <= left and bool(numbered_line(line.text))  # "4.28" left of the prose
-    return abs(line.x0 - left) <= 6.0 or abs(line.x1 - right) <= 6.0 or centred or hanging
+    hanging = leftmost - 24.0 <= line.x0 <= left  # set left of the prose ("4.28 Register 107", "●Features")
+    return (abs(line.x0 - left) <= 6.0 or abs(line.x0 - leftmost) <= 6.0 or abs(line.x1 - right) <= 6.0
+            or centred or hanging)
 
 
 def _by_headings(pages: list[list[Line]], toc: dict[str, str], path: Path) -> list[Section]:
@@ -678,7 +689,7 @@ def _by_headings(pages: list[list[Line]], toc: dict[str, str], path: Path) -> li
     for i in candidates:
         if i in skip:
             continue
-        text = flat[i].text.strip()
+        text = _BULLET.sub("", flat[i].text.strip())
         j = i + 1
         while (j < len(flat) and j in is_candidate and flat[j].page == flat[i].page
                and flat[j].column == flat[i].column and _style(flat[j]) == _style(flat[i])
@@ -703,26 +714,30 @@ def _by_headings(pages: list[list[Line]], toc: dict[str, str], path: Path) -> li
             runs.append([n])
     listed_items = {n for run in runs if len(run) >= 3 for n in run}
     chosen = [c for n, c in enumerate(chosen) if n not in listed_items]
-    numbered = [c for c in chosen if numbered_line(c[2])]
-
     # Numbered headings must run forward and, with a table of contents, be listed in it.
-    styles = sorted({_style(flat[i]) for i, _, _ in chosen}, key=lambda s: (-s[0], not s[1], not s[2]))
-    rank = {s: n + 1 for n, s in enumerate(styles)}
+    accepted: dict[int, tuple[str, str, int]] = {}
     last: tuple[int, ...] = ()
-    heads: dict[int, tuple[str, str, int]] = {}
     for i, _last, text in chosen:
         found = numbered_line(text)
-        if found:
-            number, title = found
-            key = number_key(number)
-            listed = number in toc and _same_title(toc[number], title)
-            if not listed and (last and not key > last or (toc and number not in toc and len(key) <= toc_depth)):
-                continue
-            last = key
-            heads[i] = (number, title, number.count(".") + 1)
-        elif numbered and (len(numbered) >= 0.5 * len(chosen) or (toc and len(numbered) >= 5)):
-            continue  # a numbered document: its unnumbered bold lines are labels, not headings
-        else:
+        if not found:
+            continue
+        number, title = found
+        key = number_key(number)
+        listed = number in toc and _same_title(toc[number], title)
+        if not listed and (last and not key > last or (toc and number not in toc and len(key) <= toc_depth)):
+            continue
+        last = key
+        accepted[i] = (number, title, number.count(".") + 1)
+    # A numbered document (its numbered headings run forward, or its contents list them):
+    # its unnumbered bold lines are labels ("Type: Read/Write"), not headings.
+    numbered_document = bool(accepted) and (len(accepted) >= 0.5 * len(chosen) or (toc and len(accepted) >= 5))
+    styles = sorted({_style(flat[i]) for i, _, _ in chosen}, key=lambda s: (-s[0], not s[1], not s[2]))
+    rank = {s: n + 1 for n, s in enumerate(styles)}
+    heads: dict[int, tuple[str, str, int]] = {}
+    for i, _last, text in chosen:
+        if i in accepted:
+            heads[i] = accepted[i]
+        elif not numbered_line(text) and not numbered_document:
             heads[i] = ("", text, min(rank[_style(flat[i])], 6))
     # Headings listed in the contents but set like body text (some documents do).
     for i, line in enumerate(flat):

@@ -94,8 +94,9 @@ class Roles:
             self.own_families |= {"cortex", "core_cm"}
 
     def foreign(self, path: str, file_role: str) -> bool:
-        """A vendor library of another part than the datasheet's (an STM32 HAL for a sensor's
-        datasheet), or a file naming another part of no family of the datasheet's."""
+        """A vendor library of another microcontroller than the datasheet's (an STM32 HAL for a
+        sensor's datasheet; a library naming no family at all, such as FreeRTOS, is foreign to
+        every datasheet)."""
         if file_role == "vendor":
             families = vendor_families(path)
             return not (families & self.own_families) if families else True
