@@ -528,7 +528,10 @@ def _check_release(built, key: str, checkpoint: Path, monkeypatch):
         ref_logits = reference(input_ids=torch.tensor(probe)).logits.float()
     scale = float(ref_logits.abs().max())
     assert float((merged_logits - ref_logits).abs().max()) <= 0.02 * scale, "bf16 merged: within 2% of the largest logit"
-    assert info["merged"]["verification"]["top1_agreement"] >= 0.95
+    verification = info["merged"]["verification"]
+    # near ties of the demo model's nearly flat logits may flip under bf16; a clear lead may not
+    assert verification["clear_positions"] >= 0.25 * verification["positions"]
+    assert verification["top1_agreement_clear"] >= 0.99 and verification["top1_agreement"] >= 0.8
     assert len(list((out / "merged").glob("model-*.safetensors"))) >= 2, "sharded at max_shard_size"
     # the merge itself is exact: in float32 the merged model's logits equal base + adapter to 1e-4
     exact = merge(Path(info["base_model"]["path"]), out / "adapter", storage / "merged32",

@@ -117,9 +117,13 @@ def _adapted(base_model: Path, adapter_dir: Path, dtype, device=None):
 @torch.no_grad()
 def compare_logits(a, b, samples: list[list[int]]) -> dict:
     """Largest and mean absolute logit difference, relative to the largest logit, and how often
-    the top-1 token agrees."""
+    the top-1 token agrees: at every position, and at the positions where ``a``'s top-1 leads
+    its runner-up by 1% of the largest logit or more (``top1_agreement_clear``: a near tie can
+    flip under bf16 rounding without anything being wrong; a clear lead cannot)."""
     worst = total = count = agree = positions = 0.0
+    clear = clear_agree = 0.0
     scale = 0.0
+    margins = []
     for ids in samples:
         x = torch.tensor([ids])
         la = a(input_ids=x.to(a.device)).logits.float().cpu()
@@ -129,11 +133,19 @@ def compare_logits(a, b, samples: list[list[int]]) -> dict:
         total += float(diff.sum())
         count += diff.numel()
         scale = max(scale, float(la.abs().max()))
-        agree += float((la.argmax(-1) == lb.argmax(-1)).sum())
+        same = la.argmax(-1) == lb.argmax(-1)
+        agree += float(same.sum())
         positions += la.shape[1]
+        top2 = la.topk(2, dim=-1).values
+        margins.append((top2[..., 0] - top2[..., 1], same))
+    for margin, same in margins:
+        lead = margin >= 0.01 * scale
+        clear += float(lead.sum())
+        clear_agree += float((same & lead).sum())
     return {"max_abs_logit_diff": worst, "mean_abs_logit_diff": total / max(1, count),
             "max_abs_logit": scale, "relative_max_diff": worst / scale if scale else float("nan"),
-            "top1_agreement": agree / max(1, positions), "samples": len(samples)}
+            "top1_agreement": agree / max(1, positions), "top1_agreement_clear": clear_agree / max(1, clear),
+            "clear_positions": int(clear), "positions": int(positions), "samples": len(samples)}
 
 
 def merge(base_model: Path, adapter_dir: Path, out: Path, settings: ReleaseSettings, base_identity: dict) -> dict:

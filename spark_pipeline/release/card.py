@@ -65,7 +65,9 @@ def model_card(info: dict, lineage: dict, settings, inputs: dict) -> str:
     lines += [f"The merged weights were checked against base + adapter on {verification['samples']} evaluation samples: "
               f"largest logit difference {_fmt(verification['max_abs_logit_diff'])} "
               f"({_fmt(verification['relative_max_diff'])} of the largest logit), top-1 token agreement "
-              f"{verification['top1_agreement']:.2%} ({info['merged']['dtype']} against float32)."]
+              f"{verification['top1_agreement']:.2%} ({info['merged']['dtype']} against float32)"
+              + (f", {verification['top1_agreement_clear']:.2%} where the top token leads by 1% of the largest "
+                 "logit or more" if "top1_agreement_clear" in verification else "") + "."]
     if serving["cost"]:
         c = serving["cost"]
         lines += ["", f"Leaving out the {' and '.join(serving['left_out'])} adapters changes the in-domain perplexity "
