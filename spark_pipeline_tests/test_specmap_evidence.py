@@ -16,11 +16,15 @@ from spark_pipeline.specmap.pipeline import run_specmap
 from spark_pipeline_tests.conftest import sample_entry, write_manifest
 
 
-def _write(root: Path, files: dict[str, str]) -> Path:
+def _write(root: Path, files: dict[str, str | bytes]) -> Path:
+    """A repository (or any tree) from {relative path: text or bytes}."""
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
     return root
 
 

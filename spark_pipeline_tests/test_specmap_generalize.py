@@ -15,36 +15,11 @@ import pytest
 from spark_pipeline.specmap.addresses import code_numbers, section_numbers, table_rows, title_numbers
 from spark_pipeline.specmap.datasheet import read_datasheet
 from spark_pipeline.specmap.index import closure, include_graph
-from spark_pipeline.specmap.judge import WITH_CODE
 from spark_pipeline.specmap.kinds import content_kind, section_kinds
 from spark_pipeline.specmap.model import FEATURE_VERSION, FileModel, Sample, fit, load, select
-from spark_pipeline.specmap.pairs import load_manifest, resolve_pair
-from spark_pipeline.specmap.pipeline import run_specmap
 from spark_pipeline.specmap.repo import scan_repository
 from spark_pipeline.specmap.sections import Section
-from spark_pipeline_tests.conftest import sample_entry, write_manifest
-
-
-def _write(root: Path, files: dict[str, str | bytes]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(text, bytes):
-            path.write_bytes(text)
-        else:
-            path.write_text(text)
-    return root
-
-
-def _run(tmp_path, storage, repo: Path, sheet: Path, pair_id: str = "probe", **kwargs):
-    entry = sample_entry(id=pair_id, repository={"path": str(repo)}, datasheets=[str(sheet)])
-    pair = load_manifest(write_manifest(tmp_path / f"{pair_id}.yaml", [entry]))[0]
-    return run_specmap(resolve_pair(pair, storage), **kwargs)
-
-
-def _files(mapping) -> set[str]:
-    return {f.path for f in mapping.files} if mapping.verdict.status in WITH_CODE else set()
-
+from spark_pipeline_tests.test_specmap_evidence import _files, _run, _write
 
 # ----------------------------------------------------------------- PDFs without an outline
 
