@@ -1,4 +1,4 @@
-"""The mapping file and its JSON sidecar (DESIGN.md §3), and reading them back.
+"""The mapping file and its JSON sidecar (docs/architecture.md, data contracts), and reading them back.
 
 Mapping file: sections separated by a line of exactly 82 ``=``; each holds the datasheet
 section (id, title, text) and the code mapped to it, each source file introduced by a

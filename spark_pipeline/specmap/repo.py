@@ -36,7 +36,7 @@ CODE_LANGUAGES = (
 )
 #: Patterns read whatever ``ctags --list-maps`` says (first match wins).
 EXTRA_MAPS = (
-    ("*.h", "C"),          # DESIGN.md §7: ctags would take .h for C++
+    ("*.h", "C"),          # ctags would take .h for C++ (docs/architecture.md, known traps)
     ("*.ino", "C++"), ("*.pde", "C++"),  # Arduino sketches
     ("*.overlay", "DTS"),  # Zephyr device-tree overlays
     ("*.inc", "C"),

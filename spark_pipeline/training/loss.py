@@ -10,7 +10,7 @@ activation checkpointing, so only one chunk's logits exist at a time, forward or
 ``lm_head`` is called as the module it is — PEFT's LoRA-wrapped linear layer — so its
 adapter takes part exactly as in the plain path and receives its gradient (fused kernels
 that read ``lm_head.weight`` directly leave a LoRA adapter on ``lm_head`` untrained,
-silently; DESIGN.md §7). Only labelled tokens (label != -100, next-token shifted as the
+silently; docs/architecture.md, known traps). Only labelled tokens (label != -100, next-token shifted as the
 model's own loss does) are sent through ``lm_head``.
 
 The whole forward is one module, so DDP sees every parameter through its own ``forward``.
