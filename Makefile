@@ -31,8 +31,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check spark_pipeline spark_pipeline_tests benchmarks
 
+# SpecMap's benchmark needs the labelled repositories checked out (see benchmarks/specmap_labels/):
+# make bench SPECMAP_REPOS=DIR; without it the benchmark says what it needs and skips.
 bench: setup
-	$(PY) benchmarks/specmap_bench.py
+	$(PY) benchmarks/specmap_bench.py $(if $(SPECMAP_REPOS),--repos $(SPECMAP_REPOS))
 	$(PY) benchmarks/corpus_bench.py
 	$(PY) benchmarks/tokenize_bench.py
 	$(PY) benchmarks/resume_bench.py

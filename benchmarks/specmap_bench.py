@@ -315,10 +315,11 @@ def main() -> int:
     parser.add_argument("--repos", type=Path, help="folder of checkouts named <owner>__<name>")
     parser.add_argument("--datasheets", type=Path, default=REFERENCE if REFERENCE.is_dir() else None,
                         help="folder of datasheets by file name (default: the reference folder when present)")
-    parser.add_argument("--labels", type=Path, default=LABELS)
+    parser.add_argument("--labels", type=Path, action="append",
+                        help=f"a folder of label files (repeatable; default {LABELS.relative_to(ROOT)})")
     parser.add_argument("--runs", type=int, default=1, help="cold and warm runs per pair (timings are medians)")
     parser.add_argument("--pair", action="append", help="only these pair ids (the folds still use every dev pair)")
-    parser.add_argument("--split", choices=("dev", "test", "all"), default="all")
+    parser.add_argument("--split", default="all", help="dev, test, another split a label file names, or all")
     parser.add_argument("--fit", action="store_true", help=f"write the model fitted on all dev pairs to {MODEL_PATH}")
     parser.add_argument("--no-lopo", action="store_true", help="score every pair with the shipped model")
     parser.add_argument("--verbose", action="store_true", help="per section: status, files extra and missed")
@@ -340,11 +341,12 @@ def main() -> int:
               "each repository and commit)")
         return 0
     repos = args.repos.resolve()
-    sheets = {}
-    for path in sorted((args.labels / "datasheets").glob("*.yaml")):
-        sheet = yaml.safe_load(path.read_text())
-        sheets[sheet["file"]] = sheet
-    labels = [yaml.safe_load(p.read_text()) for p in sorted(args.labels.glob("*.yaml"))]
+    sheets, labels = {}, []
+    for folder in args.labels or [LABELS]:
+        for path in sorted((folder / "datasheets").glob("*.yaml")):
+            sheet = yaml.safe_load(path.read_text())
+            sheets[sheet["file"]] = sheet
+        labels += [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
     semantic = None
     if args.semantic is not None:
         from spark_pipeline.specmap.semantic import SemanticScorer
@@ -475,7 +477,7 @@ def report(rows: list[dict], args) -> int:
               f"recognised, {row['leaked']} files under them{heading}")
         out["pairs"].append({k: (v.to_dict() if isinstance(v, Counts) else v) for k, v in row.items()
                              if k != "sections"})
-    for split in ("dev", "test"):
+    for split in sorted({r["split"] for r in rows}, key=lambda x: (x != "dev", x != "test", x)):
         chosen = [r for r in rows if r["split"] == split]
         if not chosen:
             continue
