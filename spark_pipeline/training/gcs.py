@@ -26,10 +26,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spark_pipeline.training.runs import UNHEALTHY
-
 log = logging.getLogger(__name__)
 MARKER = "_UPLOAD_COMPLETE"
+#: Written into a checkpoint saved after the last healthy step (``training.runs`` marks them;
+#: listings here leave them out). Defined here, the lower layer, so the two modules do not
+#: import each other.
+UNHEALTHY = "UNHEALTHY"
 
 
 class GCSError(RuntimeError):

@@ -20,7 +20,8 @@ import re
 import secrets
 from pathlib import Path
 
-UNHEALTHY = "UNHEALTHY"
+from spark_pipeline.training.gcs import UNHEALTHY, make_client, parse_url, uploaded_folders
+
 _KEY = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)\.(?P<run>[A-Za-z0-9_-]+)--(?P<ckpt>checkpoint-\d+)$")
 _RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
 
@@ -94,7 +95,6 @@ def mark_unhealthy(folders, reason: str) -> list[str]:
 def _bucket_folders(url: str, client=None) -> dict[tuple[str, str, str], set[str]]:
     """``(name, run id, checkpoint folder) -> {file names}`` for the complete, healthy uploads
     under ``url``, laid out as ``<url>/<name>/<run id>/<folder>/<file>``."""
-    from spark_pipeline.training.gcs import uploaded_folders
 
     return {folder: names for folder, names in uploaded_folders(url, 3, client).items() if _RUN_ID.match(folder[1])}
 
@@ -119,7 +119,6 @@ def latest_run_with_checkpoints(storage: Path, name: str, upload_root: str = "")
 
 def mark_unhealthy_in_bucket(urls, reason: str, client=None) -> list[str]:
     """The UNHEALTHY marker for uploaded checkpoints (their files are left as they are)."""
-    from spark_pipeline.training.gcs import make_client, parse_url
 
     client = client or make_client()
     marked = []
