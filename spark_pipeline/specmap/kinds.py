@@ -9,7 +9,8 @@ SpecMap recognises them, gives them the status ``not_applicable`` and maps no co
 
 * **by title**, against the chapter names of the common datasheet templates (TI, ADI, Maxim,
   Microchip, ST, NXP, Nordic, Semtech, Bosch, ...);
-* **by the title of a section they sit in** (a table inside "Electrical characteristics");
+* **by the title of a section they sit in** (a table inside "Electrical characteristics"),
+  when the nesting comes from the document (numbers, the outline), not from heading styles;
 * **by content** (:func:`content_kind`), for what titles do not say: tables of min/typ/max
   figures with units, performance curves ("... vs. Temperature"), package drawings in
   millimetres, soldering profiles, ordering codes, application circuits and layout advice
@@ -173,7 +174,7 @@ def section_kinds(sections: list[Section], mcu: bool = False) -> dict[str, str]:
             kinds[section.id] = "front"  # the text before the first heading: the title page
             continue
         kind = title_kind(section.title, mcu) or (None if section.names else content_kind(section))
-        parent = section.parent_id
+        parent = section.parent_id if _trusted_nesting(section) else None
         seen = set()
         while kind is None and parent and parent in by_id and parent not in seen:
             seen.add(parent)
@@ -191,6 +192,17 @@ def section_kinds(sections: list[Section], mcu: bool = False) -> dict[str, str]:
         if sid not in kinds and sid in by_id and len(own) == 1 and None not in own and _headline_only(by_id[sid]):
             kinds[sid] = own.pop()
     return kinds
+
+
+_NUMBER_ID = re.compile(r"^(?:\d+|[A-Z])(?:\.\d+)*(?:~\d+)?$|^s\d+(?:~\d+)?$|^[A-Z]+\d*\.\w+$")
+
+
+def _trusted_nesting(section: Section) -> bool:
+    """A section's parent is known from the document (its number, its outline entry, an SVD
+    register under its peripheral), not guessed from heading styles: only then does it
+    inherit its parent's kind (an unnumbered document's first bold heading, "Data Sheet", is
+    not the parent of everything after it)."""
+    return bool(_NUMBER_ID.match(section.id)) or bool(section.names)
 
 
 def _headline_only(section: Section) -> bool:

@@ -164,7 +164,7 @@ class SpecMapResult:
 
 
 #: Bumped when the datasheet readers change what they produce (invalidates cached sections).
-READER_VERSION = 6
+READER_VERSION = 7
 
 
 def read_sections(datasheets, cache_dir: Path | None = None) -> tuple[list[Section], list[Rejection], list[str]]:
