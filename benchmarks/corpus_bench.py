@@ -16,8 +16,9 @@ Measured, as medians of ``--runs``:
 Printed: MB/s per core, our time over the floor's, and the scaling from 1 to all workers.
 
 Real-pairs mode, ``--pairs DIR``: SpecMap, then stages 2-4, on the real repository-datasheet
-pairs of ``benchmarks/specmap_labels.yaml`` (checkouts in DIR named ``<owner>__<name>``; the
-datasheets from ../shared/reference/), one pair held out. Printed: the share of rows and
+pairs of ``benchmarks/specmap_labels/`` (checkouts in DIR named ``<owner>__<name>``; each
+datasheet from the reference folder or its source repository's checkout, as SpecMap's benchmark
+finds it), one pair held out. Printed: the share of rows and
 characters that were duplicates (exact and near, Jaccard >= 0.8) before deduplication and
 after; contamination found by the exact check (near, exact, contained) against what plain
 MinHash LSH at 0.8 flags; the samples over 2,048 tokens with OLMo-3's vocabulary (split into
@@ -137,15 +138,22 @@ def real_pairs(repos: Path, runs: int) -> int:
     from spark_pipeline.specmap.pipeline import run_specmap
     from spark_pipeline.tokens.tokenizer import load_tokenizer
 
-    reference = ROOT.parent / "shared" / "reference"
-    labels = yaml.safe_load((ROOT / "benchmarks" / "specmap_labels.yaml").read_text())
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from specmap_bench import LABELS, REFERENCE, locate_datasheet
+
+    sheets = {}
+    for path in sorted((LABELS / "datasheets").glob("*.yaml")):
+        sheet = yaml.safe_load(path.read_text())
+        sheets[sheet["file"]] = sheet
+    labels = {"pairs": [yaml.safe_load(p.read_text()) for p in sorted(LABELS.glob("*.yaml"))]}
     settings = CorpusSettings.load("hero", {"eval": {"in_domain_samples": 200}})
     work = Path(tempfile.mkdtemp(prefix="corpus-real-"))
     held_out_pair = "mpu6000_python_mrtijn"
     domain, held_out, mappings = [], [], []
     for entry in labels["pairs"]:
-        repo, sheet = repos / entry["repository"].replace("/", "__"), reference / entry["datasheet"]
-        if not repo.is_dir() or not sheet.is_file():
+        repo = repos / entry["repository"].replace("/", "__")
+        sheet = locate_datasheet(sheets[entry["datasheet"]], repos, REFERENCE if REFERENCE.is_dir() else None)
+        if not repo.is_dir() or sheet is None:
             print(f"skipped {entry['id']}: no checkout or datasheet")
             continue
         kind = "svd" if sheet.suffix == ".svd" else "pdf"
@@ -210,7 +218,7 @@ def real_pairs(repos: Path, runs: int) -> int:
           f">= 0.8, {leaks} row/evaluation pairs at Jaccard or containment >= 0.8 "
           f"(contamination kept on purpose: {manifest['contamination']['kept_on_purpose']}), {control} control "
           f"characters; manifest counts {'equal the recount' if ok else 'DIFFER: ' + '; '.join(wrong)}")
-    tokenizer_file = reference / "dolma2-tokenizer.json"
+    tokenizer_file = REFERENCE / "dolma2-tokenizer.json"
     tok = load_tokenizer(f"hf:{tokenizer_file}" if tokenizer_file.exists() else "dolma2-offline")
     lengths = [len(ids) for ids in tok.encode_documents([r["text"] for r in mixture.rows])]
     over = [n for n in lengths if n > 2048]

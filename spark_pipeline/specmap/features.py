@@ -40,6 +40,7 @@ import re
 from collections.abc import Callable
 
 from spark_pipeline.specmap.index import closure
+from spark_pipeline.specmap.kinds import BOARD_WORDS, UNIT
 from spark_pipeline.specmap.lexical import STOPWORDS, chunk_words, split_identifier, tokenize
 from spark_pipeline.specmap.names import is_strong
 
@@ -82,16 +83,14 @@ _PIN_WORD = re.compile(r"\b(?:pins?|pads?|balls?)\b", re.IGNORECASE)
 
 def section_profile(section, weights: dict[str, float]) -> dict[str, float]:
     """What kind of text a section is, whatever file is weighed against it."""
-    from spark_pipeline.specmap.kinds import _BOARD_WORDS, _UNIT
-
     lines = [ln for ln in section.text.splitlines() if ln.strip()]
     words = max(len(section.text.split()), 1)
     n = max(len(lines), 1)
     registers = sum(1 for name in weights if is_strong(name))
     return {
-        "section_units": sum(1 for ln in lines if _UNIT.search(ln)) / n,
+        "section_units": sum(1 for ln in lines if UNIT.search(ln)) / n,
         "section_pins": min(1.0, len(_PIN_WORD.findall(section.text)) / n),
-        "section_board": min(1.0, 60 * len(_BOARD_WORDS.findall(section.text)) / words),
+        "section_board": min(1.0, 60 * len(BOARD_WORDS.findall(section.text)) / words),
         "section_registers": min(1.0, math.log1p(registers) / math.log(50)),
     }
 
@@ -107,12 +106,13 @@ def own_closure(index, hints) -> set[str]:
     return cache[key]
 
 
-def candidate_rows(mapping, index, roles, hints, similar: Callable | None = None,
-                   chunk: int = 350) -> list[tuple[str, dict[str, float], str]]:
-    """(path, feature row, content key) for every candidate file of a section."""
+def candidate_rows(mapping, index, roles, hints, similar: Callable | None = None, chunk: int = 350
+                   ) -> tuple[list[tuple[str, dict[str, float], str]], dict[str, list[str]]]:
+    """(path, feature row, content key) for every candidate file of a section, and the
+    section's names each file holds."""
     section = mapping.section
     weights = mapping.weights
-    name_scores, _hits = index.names.score_files(weights, 0.5)
+    name_scores, hits = index.names.score_files(weights, 0.5)
     # Register-shaped names of the section (some may be in no file: then no file holds them);
     # a section with none falls back to all its names.
     has_strong = any(is_strong(n) for n in mapping.names) or any(is_strong(n) for g in mapping.primary for n in g)
@@ -134,7 +134,7 @@ def candidate_rows(mapping, index, roles, hints, similar: Callable | None = None
     paths = [p for p in paths if p in index.scan.files
              and roles.excluded(p, index.scan.files[p].role, closure) is None]
     if not paths:
-        return []
+        return [], hits
     best_name = max(name_scores.values(), default=0.0) or 1.0
     total_weight = sum(weights.values()) or 1.0
     best_text = max(bm25.values(), default=0.0) or 1.0
@@ -186,4 +186,4 @@ def candidate_rows(mapping, index, roles, hints, similar: Callable | None = None
         # code only calls the driver; one that programs the register itself is its code too.
         row["example_caller"] = row["example"] if row["primary_use"] == 0 else 0.0
         rows.append((path, row, index.content_key(path)))
-    return rows
+    return rows, hits

