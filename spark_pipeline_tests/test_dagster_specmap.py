@@ -155,3 +155,22 @@ def test_sensor_watches_the_manifest_the_pairs_were_registered_from(instance, st
     request = new_pairs_sensor(dg.build_sensor_context(instance=instance))
     assert isinstance(request, dg.RunRequest)
     assert request.run_config["ops"]["repo_datasheet_pairs"]["config"]["manifest"] == str(manifest)
+
+
+def test_a_stale_file_model_fails_the_pair_saying_how_to_refit(instance, storage, tmp_path):
+    import json
+
+    from spark_pipeline.defs.resources import SpecMapJudge
+    from spark_pipeline.specmap.model import FEATURE_VERSION, load
+
+    stale = json.loads(load().to_json())
+    stale["feature_version"] = FEATURE_VERSION - 1
+    path = tmp_path / "old_model.json"
+    path.write_text(json.dumps(stale))
+    assert _register(instance, storage, write_manifest(tmp_path / "pairs.yaml", [sample_entry()])).success
+    result = dg.materialize(ASSETS, selection=["specmap_mappings"], partition_key="skm6_imu_i2c", instance=instance,
+                            resources={**_resources(storage), "judge": SpecMapJudge(file_model=str(path))},
+                            raise_on_error=False)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "file model could not be loaded" in error and "--fit" in error
