@@ -211,7 +211,7 @@ def test_category_winner_needs_a_difference_outside_the_interval():
     """Old behaviour: every accuracy 0.0 and the adapter named winner everywhere (ties went to
     the first name). A tie is a tie; a winner beats the runner-up outside the paired 95%
     interval; only the newest run's latest checkpoint competes; NaN never wins."""
-    from spark_pipeline.defs.evaluation import category_winners
+    from spark_pipeline.evaluation.report import category_winners
 
     key = "hero.20261122-093015-a3f1--checkpoint-{}"
     clear = {"base": [0.1, 0.2, 0.1, 0.15, 0.2, 0.1, 0.12, 0.18], "claude": [0.8, 0.9, 0.85, 0.7, 0.95, 0.9, 0.8, 0.88],
@@ -303,7 +303,8 @@ def test_batched_generation_gives_the_single_sample_answers():
 
 
 def test_outliers_are_marked_and_left_out_of_winners_and_trends(tmp_path):
-    from spark_pipeline.defs.evaluation import _latest, category_winners, mark_outliers
+    from spark_pipeline.evaluation.report import category_winners, mark_outliers
+    from spark_pipeline.evaluation.series import latest as _latest
 
     key = "hero.20261122-093015-a3f1--checkpoint-{}"
     rows = [{"model": f"adapter:{key.format(s)}", "checkpoint": key.format(s), "step": s, "split": "in_domain",

@@ -81,3 +81,62 @@ def _sample_batch(args) -> tuple[list[dict], list[dict]]:
 
 def reason_counts(rows: list[dict]) -> dict[str, int]:
     return dict(sorted(Counter(r["reason"] for r in rows).items()))
+
+
+class CorpusInputError(RuntimeError):
+    """No pair has samples built from its current mapping."""
+
+
+def _json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stale_reason(root: Path, pair_id: str, registry: dict) -> str | None:
+    """Why a pair's samples under storage ``root`` are not from its current mapping and
+    manifest entry, or None.
+
+    Samples carry in their lineage the mapping file's hash, the repository revision and the
+    pair record's version they were built from; a failed SpecMap re-run removes the mapping
+    (``specmap_mappings``), so samples of a pair that failed never pass for current."""
+    from spark_pipeline.corpus.parquet import read_lineage
+
+    path = Path(root) / "corpus" / "samples" / f"{pair_id}.parquet"
+    if not path.exists():
+        return "no quality_samples"
+    sidecar = _json(Path(root) / "specmap" / pair_id / "mapping.json")
+    if not sidecar:
+        return "no current mapping (SpecMap never ran for it, or its last run failed)"
+    lineage = read_lineage(path)
+    if lineage.get("specmap_mappings") != sidecar.get("mapping_sha256", "")[:16]:
+        return "its samples were built from an earlier mapping: materialize section_chunks and quality_samples"
+    version = registry.get("versions", {}).get(pair_id)
+    if lineage.get("pair_version") not in (None, version):
+        return "its manifest entry changed since its samples were built"
+    return None
+
+
+def current_samples(root: Path) -> tuple[dict, list[dict], list[dict], dict, dict]:
+    """(registry, in-domain samples in pipeline order, held-out samples, sample-file versions,
+    skipped pairs with the reason) under storage ``root``. Only samples built from each pair's
+    current mapping count (:func:`stale_reason`); none at all raises :class:`CorpusInputError`."""
+    from spark_pipeline.corpus.parquet import read_rows
+    from spark_pipeline.records import sha256_file
+    from spark_pipeline.specmap.pairs import read_registry
+
+    registry = read_registry(root)
+    domain, held_out, versions, skipped = [], [], {}, {}
+    for pair_id in registry["order"]:
+        reason = stale_reason(root, pair_id, registry)
+        if reason:
+            skipped[pair_id] = reason
+            continue
+        path = Path(root) / "corpus" / "samples" / f"{pair_id}.parquet"
+        versions[pair_id] = sha256_file(path)[:16]
+        rows = read_rows(path)
+        (held_out if pair_id in registry["held_out"] else domain).extend(rows)
+    if not versions:
+        raise CorpusInputError("no pair has current quality_samples: "
+                               + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return registry, domain, held_out, versions, skipped

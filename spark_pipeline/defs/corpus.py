@@ -21,19 +21,25 @@ from spark_pipeline.corpus.parquet import (
     write_table,
 )
 from spark_pipeline.corpus.settings import CorpusSettings
-from spark_pipeline.corpus.stages import chunk_rows, reason_counts, sample_rows
+from spark_pipeline.corpus.stages import (
+    CorpusInputError,
+    chunk_rows,
+    current_samples,
+    reason_counts,
+    sample_rows,
+)
 from spark_pipeline.defs.pairs import PAIR_PARTITIONS_NOTE, pairs_partitions
 from spark_pipeline.defs.resources import (
     AFTER_UPSTREAM,
-    OWNERS,
     SparkConfig,
     SparkStorage,
     parquet_table_metadata,
+    stage_asset,
 )
 from spark_pipeline.plots import bar_chart, embed_png, histogram
 from spark_pipeline.records import atomic_write_json
 from spark_pipeline.settings import SAMPLE_DIR
-from spark_pipeline.specmap.pairs import PairError, read_registry, record_path, record_version
+from spark_pipeline.specmap.pairs import PairError, record_path, record_version
 
 
 def _settings(config: SparkConfig) -> CorpusSettings:
@@ -44,11 +50,19 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-@dg.asset(
+def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list[dict], dict, dict]:
+    try:
+        current = current_samples(storage.path())
+    except (PairError, CorpusInputError) as exc:
+        raise dg.Failure(str(exc)) from exc
+    for pair_id, reason in current[4].items():
+        log.warning(f"pair {pair_id!r} left out: {reason}")
+    return current
+
+
+@stage_asset(
+    "corpus",
     kinds={'parquet'},
-    owners=OWNERS,
-    tags={"stage": "corpus"},
-    group_name="corpus",
     partitions_def=pairs_partitions,
     deps=["specmap_mappings"],
     code_version="1",
@@ -83,11 +97,9 @@ def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spa
     )
 
 
-@dg.asset(
+@stage_asset(
+    "corpus",
     kinds={'parquet'},
-    owners=OWNERS,
-    tags={"stage": "corpus"},
-    group_name="corpus",
     partitions_def=pairs_partitions,
     deps=["section_chunks"],
     code_version="1",
@@ -140,60 +152,9 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     )
 
 
-def stale_reason(storage: SparkStorage, pair_id: str, registry: dict) -> str | None:
-    """Why a pair's samples are not from its current mapping and manifest entry, or None.
-
-    Samples carry in their lineage the mapping file's hash, the repository revision and the
-    pair record's version they were built from; a failed SpecMap re-run removes the mapping
-    (``specmap_mappings``), so samples of a pair that failed never pass for current."""
-    from spark_pipeline.corpus.parquet import read_lineage
-
-    path = storage.path("corpus", "samples", f"{pair_id}.parquet")
-    if not path.exists():
-        return "no quality_samples"
-    sidecar = _json(storage.path("specmap", pair_id, "mapping.json"))
-    if not sidecar:
-        return "no current mapping (SpecMap never ran for it, or its last run failed)"
-    lineage = read_lineage(path)
-    if lineage.get("specmap_mappings") != sidecar.get("mapping_sha256", "")[:16]:
-        return "its samples were built from an earlier mapping: materialize section_chunks and quality_samples"
-    version = registry.get("versions", {}).get(pair_id)
-    if lineage.get("pair_version") not in (None, version):
-        return "its manifest entry changed since its samples were built"
-    return None
-
-
-def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list[dict], dict, dict]:
-    """(registry, in-domain samples in pipeline order, held-out samples, sample-file versions,
-    skipped pairs with the reason). Only samples built from each pair's current mapping count."""
-    from spark_pipeline.records import sha256_file
-
-    try:
-        registry = read_registry(storage.path())
-    except PairError as exc:
-        raise dg.Failure(str(exc)) from exc
-    domain, held_out, versions, skipped = [], [], {}, {}
-    for pair_id in registry["order"]:
-        reason = stale_reason(storage, pair_id, registry)
-        if reason:
-            skipped[pair_id] = reason
-            continue
-        path = storage.path("corpus", "samples", f"{pair_id}.parquet")
-        versions[pair_id] = sha256_file(path)[:16]
-        rows = read_rows(path)
-        (held_out if pair_id in registry["held_out"] else domain).extend(rows)
-    for pair_id, reason in skipped.items():
-        log.warning(f"pair {pair_id!r} left out: {reason}")
-    if not versions:
-        raise dg.Failure("no pair has current quality_samples: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    return registry, domain, held_out, versions, skipped
-
-
-@dg.asset(
+@stage_asset(
+    "corpus",
     kinds={'parquet'},
-    owners=OWNERS,
-    tags={"stage": "corpus"},
-    group_name="corpus",
     deps=["quality_samples"],
     automation_condition=AFTER_UPSTREAM,
     code_version="1",
@@ -240,11 +201,9 @@ class MixtureConfig(dg.Config):
     general_pool: str = Field(default="", description="folder of general C; empty: the bundled sample pool")
 
 
-@dg.asset(
+@stage_asset(
+    "corpus",
     kinds={'parquet'},
-    owners=OWNERS,
-    tags={"stage": "corpus"},
-    group_name="corpus",
     deps=["quality_samples", "eval_sets"],
     automation_condition=AFTER_UPSTREAM,
     code_version="1",

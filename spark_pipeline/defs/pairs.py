@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from spark_pipeline import settings
-from spark_pipeline.defs.resources import OWNERS, SparkStorage
+from spark_pipeline.defs.resources import SparkStorage, stage_asset
 from spark_pipeline.specmap.pairs import ManifestError, prepare_pairs, read_manifest, record_path
 
 pairs_partitions = dg.DynamicPartitionsDefinition(name="pairs")
@@ -24,11 +24,9 @@ def manifest_path(config: PairsConfig) -> Path:
     return Path(config.manifest).expanduser().resolve() if config.manifest else settings.default_manifest()
 
 
-@dg.asset(
+@stage_asset(
+    "specmap",
     kinds={'git', 'yaml'},
-    owners=OWNERS,
-    tags={"stage": "specmap"},
-    group_name="specmap",
     description="Reads the pairs manifest, checks out every repository at its pinned revision, "
     "records each pair under {storage}/pairs/{id}/ and registers one `pairs` partition per pair.",
     code_version="1",

@@ -4,12 +4,12 @@ adapters, lineage, checksums), rebuilt when the checkpoint's evaluation changes.
 import json
 
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from spark_pipeline.defs.evaluation import _checkpoint_path, checkpoint_partitions
-from spark_pipeline.defs.resources import AFTER_UPSTREAM, OWNERS, SparkConfig, SparkStorage
+from spark_pipeline.defs.resources import AFTER_UPSTREAM, SparkConfig, SparkStorage, stage_asset
 from spark_pipeline.release.build import ReleaseError, ReleaseSettings, build_release
+from spark_pipeline.release.card import card_inputs
 from spark_pipeline.training.launch import base_model_folder
 from spark_pipeline.training.settings import TrainingSettings
 
@@ -19,55 +19,9 @@ class ReleaseConfig(dg.Config):
                         "release.upload, else $SPARK_RELEASE_URL, else nothing is uploaded")
 
 
-def card_inputs(storage: SparkStorage, key: str, lineage: dict, settings: TrainingSettings, min_samples: int) -> dict:
-    """What the model card shows beside the release's own numbers: the training settings,
-    the mixture and the tokenized cache, the pairs with their records, the evaluation table
-    and the report's plots."""
-    manifest_file = storage.path("corpus", "mixture", "manifest.json")
-    mixture = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    if mixture.get("mixture_hash") != lineage.get("mixture_hash"):
-        mixture = {"mixture_hash": lineage.get("mixture_hash")}  # a later mixture: only the hash is this one's
-    # estimated tokens per category, at the mixture's own characters-per-token ratio
-    ratio = mixture.get("estimated_tokens", 0) / max(1, mixture.get("characters", 0))
-    category_tokens = {c: int(n * ratio) for c, n in (mixture.get("category_characters") or {}).items()}
-    cache_file = storage.path("tokens", lineage.get("tokenized_cache", "-"), "cache.json")
-    pairs = []
-    held_out = []
-    for record in sorted(storage.path("pairs").glob("*/pair.json")):
-        pair = json.loads(record.read_text())
-        if pair["id"] in lineage.get("pairs", {}):
-            pairs.append(pair)
-        elif pair.get("held_out"):
-            held_out.append(pair["id"])
-    table = storage.path("evaluation", key, "table.md")
-    rows_file = storage.path("evaluation", key, "table.parquet")
-    rows = pq.read_table(rows_file).to_pylist() if rows_file.exists() else []
-    few = sorted({r["category"] for r in rows if r.get("few_samples") and r["category"] != "all"})
-    headline = ""
-    for split in ("in_domain", "held_out"):
-        base = next((r for r in rows if r["model"] == "base" and r["split"] == split and r["category"] == "all"), None)
-        mine = next((r for r in rows if r["model"] != "base" and r["split"] == split and r["category"] == "all"), None)
-        if base and mine:
-            headline += (f"{split.replace('_', '-')} perplexity {base['perplexity']:.3f} → {mine['perplexity']:.3f} "
-                         f"({mine['ppl_reduction_vs_base']:.1%} lower, 95% interval "
-                         f"[{mine.get('ppl_reduction_vs_base_lo', float('nan')):.1%}, "
-                         f"{mine.get('ppl_reduction_vs_base_hi', float('nan')):.1%}]). ")
-    report = storage.path("evaluation", "report")
-    return {"training_settings": settings.to_dict(), "mixture": mixture,
-            "cache": json.loads(cache_file.read_text()) if cache_file.exists() else {},
-            "category_tokens": category_tokens, "pairs": pairs, "held_out_pairs": held_out,
-            "eval_rows": rows, "eval_files": [str(f) for f in (table, rows_file) if f.exists()],
-            "few_categories": few,
-            "min_samples": min_samples, "headline": headline.strip(),
-            "plots": sorted(str(p) for p in report.glob("*.png")) if report.exists() else [],
-            "demo_model": not settings.base_model}
-
-
-@dg.asset(
+@stage_asset(
+    "release",
     kinds={"huggingface", "safetensors"},
-    owners=OWNERS,
-    tags={"stage": "release"},
-    group_name="release",
     partitions_def=checkpoint_partitions,
     deps=["checkpoint_eval"],
     automation_condition=AFTER_UPSTREAM,
@@ -102,7 +56,7 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, storage: S
                                 ev.max_samples_per_category)
     out = storage.path("releases", key)
     try:
-        inputs = card_inputs(storage, key, lineage, settings, ev.min_samples_per_category)
+        inputs = card_inputs(storage.path(), key, lineage, settings, ev.min_samples_per_category)
         info = build_release(folder, key, out, base_model_folder(settings, storage.path()), rel, samples, inputs,
                              tokenizer.pad_id, log=context.log.info)
     except ReleaseError as exc:

@@ -83,6 +83,13 @@ AFTER_UPSTREAM = dg.AutomationCondition.eager().without(~dg.AutomationCondition.
 OWNERS = ["team:spark-pipeline"]
 
 
+def stage_asset(stage: str, kinds: set[str], **kwargs):
+    """``@dg.asset`` as every asset of the pipeline is declared: owned by the team, tagged and
+    grouped by its stage (specmap, corpus, training, sweep, evaluation, release), with the
+    kinds the UI shows; everything else (partitions, deps, checks, ...) as given."""
+    return dg.asset(kinds=set(kinds), owners=OWNERS, tags={"stage": stage}, group_name=stage, **kwargs)
+
+
 def parquet_table_metadata(*paths) -> dict:
     """The row count and column schema of Parquet files (one table, possibly in shards) as the
     UI shows them: ``dagster/row_count`` and ``dagster/column_schema``."""

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from spark_pipeline.defs.pairs import PAIR_PARTITIONS_NOTE, pairs_partitions
-from spark_pipeline.defs.resources import OWNERS, SparkStorage, SpecMapJudge
+from spark_pipeline.defs.resources import SparkStorage, SpecMapJudge, stage_asset
 from spark_pipeline.specmap.ctags import CtagsError
 from spark_pipeline.specmap.judge import STATUSES, JudgeError
 from spark_pipeline.specmap.mapping_file import check_mapping, write_mapping
@@ -26,11 +26,9 @@ class SpecMapRunConfig(dg.Config):
     max_excerpt_lines: int = 150
 
 
-@dg.asset(
+@stage_asset(
+    "specmap",
     kinds={'python'},
-    owners=OWNERS,
-    tags={"stage": "specmap"},
-    group_name="specmap",
     partitions_def=pairs_partitions,
     pool="specmap_llm",  # the judge's endpoint: `dagster instance concurrency set specmap_llm N` (docs/deploy.md)
     deps=["repo_datasheet_pairs"],

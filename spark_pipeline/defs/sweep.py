@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from spark_pipeline.defs.resources import (
-    OWNERS,
     SparkConfig,
     SparkStorage,
     parquet_table_metadata,
+    stage_asset,
     table_metadata,
 )
 from spark_pipeline.defs.training import launch_training, training_inputs
-from spark_pipeline.plots import embed_png, sparkline_markdown
+from spark_pipeline.plots import embed_png, sparkline_markdown, sweep_plots
 from spark_pipeline.records import atomic_write_json, atomic_write_text
 from spark_pipeline.sweep.settings import SweepError, SweepSettings, cell_name, effective_scale
 from spark_pipeline.training.launch import base_model_folder
@@ -64,11 +64,9 @@ def study_runs(study, settings: SweepSettings) -> list[dict]:
     return out
 
 
-@dg.asset(
+@stage_asset(
+    "sweep",
     kinds={"optuna", "pytorch"},
-    owners=OWNERS,
-    tags={"stage": "sweep"},
-    group_name="sweep",
     deps=["tokenized_cache"],
     pool="gpu",
     code_version="1",
@@ -165,11 +163,9 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
         "path": dg.MetadataValue.path(str(folder))})
 
 
-@dg.asset(
+@stage_asset(
+    "sweep",
     kinds={"optuna", "parquet"},
-    owners=OWNERS,
-    tags={"stage": "sweep"},
-    group_name="sweep",
     deps=["sweep_trials"],
     code_version="1",
     description="§5's tables done carefully: marginal means (Table 8) beside matched-cell comparisons and "
@@ -219,57 +215,3 @@ def sweep_analysis(context: dg.AssetExecutionContext, config: SweepConfig, stora
                                            metadata={"warnings": dg.MetadataValue.json(result["warnings"])})])
 
 
-def sweep_plots(result: dict, runs: list[dict], sweep: SweepSettings, folder) -> dict:
-    """The objective of every run by trial (pruned and failed marked), each factor's marginal
-    means with intervals beside the matched differences, and the importance bars."""
-    from spark_pipeline.plots import _plt, save
-
-    plt = _plt()
-    out = {}
-    fig, ax = plt.subplots(figsize=(6, 2.8), dpi=80)
-    for state, style in (("COMPLETE", {"marker": "o", "color": "#4f43dd"}), ("PRUNED", {"marker": "x", "color": "red"}),
-                         ("FAIL", {"marker": "s", "color": "grey"})):
-        pts = [(r["trial"], r["value"] if r["value"] is not None else r.get("final_loss")) for r in runs
-               if r["state"] == state]
-        pts = [(t, v) for t, v in pts if v is not None and math.isfinite(v)]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), label=state.lower(), s=18, **style)
-    ax.set_xlabel("trial", fontsize=8)
-    ax.set_ylabel(sweep.objective, fontsize=8)
-    ax.legend(fontsize=7)
-    ax.set_title("objective per trial (each seed a point)", fontsize=9)
-    out["objective_per_trial"] = save(fig, folder / "objective_per_trial.png")
-
-    factors = [f for f in sweep.space if any(m["factor"] == f for m in result["marginal_means"])]
-    if factors:
-        fig, axes = plt.subplots(1, len(factors), figsize=(3 * len(factors), 2.8), dpi=80, squeeze=False)
-        for ax, factor in zip(axes[0], factors, strict=True):
-            rows = [m for m in result["marginal_means"] if m["factor"] == factor]
-            xs = list(range(len(rows)))
-            ys = [m["mean"] for m in rows]
-            err = [[max(0, m["mean"] - m["lo"]) if math.isfinite(m["lo"]) else 0 for m in rows],
-                   [max(0, m["hi"] - m["mean"]) if math.isfinite(m["hi"]) else 0 for m in rows]]
-            ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label="marginal mean")
-            ax.set_xticks(xs, [str(m["level"]) for m in rows], fontsize=7)
-            ax.set_title(factor, fontsize=9)
-            matched = [c for c in result["matched"] if c["factor"] == factor and c["cells"]]
-            if matched:
-                text = "\n".join(f"{c['b']} - {c['a']}: {c['mean_diff']:+.3g} ({c['cells']} matched)" for c in matched[:3])
-                ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=6, va="bottom")
-        axes[0][0].set_ylabel(sweep.objective, fontsize=8)
-        fig.suptitle("marginal means (95% intervals) and matched differences", fontsize=9)
-        out["factors"] = save(fig, folder / "factors.png")
-
-    methods = {m: v for m, v in result["importances"].items() if "error" not in v}
-    if methods:
-        params = sorted({p for v in methods.values() for p in v})
-        fig, ax = plt.subplots(figsize=(5, 2.6), dpi=80)
-        width = 0.8 / len(methods)
-        for i, (method, values) in enumerate(methods.items()):
-            ax.barh([k + i * width for k in range(len(params))], [values.get(p, 0) for p in params], height=width,
-                    label=method)
-        ax.set_yticks([k + width * (len(methods) - 1) / 2 for k in range(len(params))], params, fontsize=7)
-        ax.set_xlabel("importance (normalized)", fontsize=8)
-        ax.legend(fontsize=7)
-        out["importance"] = save(fig, folder / "importance.png")
-    return out

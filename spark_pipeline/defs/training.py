@@ -8,8 +8,8 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field
 
-from spark_pipeline.defs.resources import OWNERS, SparkConfig, SparkStorage
-from spark_pipeline.plots import embed_png, sparkline_markdown
+from spark_pipeline.defs.resources import SparkConfig, SparkStorage, stage_asset
+from spark_pipeline.plots import embed_png, loss_plot, sparkline_markdown
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
 from spark_pipeline.training.launch import base_model_folder, prepare_run, tokenizer_name, torchrun_command
 from spark_pipeline.training.model import base_identity
@@ -22,11 +22,9 @@ class TokenizeConfig(dg.Config):
     tokenizer: str = Field(default="", description="dolma2-offline | hf:{path} | base_model; empty: the profile's")
 
 
-@dg.asset(
+@stage_asset(
+    "training",
     kinds={'arrow'},
-    owners=OWNERS,
-    tags={"stage": "training"},
-    group_name="training",
     deps=["training_mixture"],
     code_version="1",
     description="§4.8: the mixture tokenized by parallel workers (order verified, restored if broken), "
@@ -79,27 +77,9 @@ class TrainConfig(dg.Config):
     keep_local: bool = Field(default=False, description="keep local checkpoints after a verified upload")
 
 
-def _loss_plot(messages: list[dict], path):
-    from spark_pipeline.plots import _plt, save
-
-    steps = [m["step"] for m in messages if m.get("kind") == "step"]
-    losses = [m["train/loss"] for m in messages if m.get("kind") == "step"]
-    if not steps:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 2.6), dpi=80)
-    ax.plot(steps, losses, marker="o", ms=3)
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("train/loss", fontsize=8)
-    ax.set_title("training loss", fontsize=9)
-    return save(fig, path)
-
-
-@dg.asset(
+@stage_asset(
+    "training",
     kinds={'pytorch', 'wandb'},
-    owners=OWNERS,
-    tags={"stage": "training"},
-    group_name="training",
     deps=["tokenized_cache"],
     pool="gpu",
     code_version="1",
@@ -126,7 +106,7 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
                                  keep_local=config.keep_local)
     messages = invocation.get_custom_messages()
     result = invocation.get_materialize_result()
-    plot = _loss_plot(messages, run_dir / "loss.png")
+    plot = loss_plot(messages, run_dir / "loss.png")
     extra = {"run_dir": dg.MetadataValue.path(str(run_dir)), "run_id": run_id, "nproc": nproc,
              "lineage": dg.MetadataValue.json(lineage)}
     if plot:

@@ -107,3 +107,95 @@ def summarise(outcomes: list[Outcome]) -> dict:
         groups[o.difficulty].append(o)
     return {k: {"problems": len(v), "compile_rate": sum(o.compiled for o in v) / len(v),
                 "pass_rate": sum(o.passed for o in v) / len(v)} for k, v in groups.items()}
+
+
+def code_regression_rows(checkpoint: Path, base_path: Path, key: str, settings, ev, progress=print
+                         ) -> tuple[list[dict], dict[str, list[str]], int]:
+    """§6.8 for one checkpoint: the base (adapter off) and base+adapter write a solution to every
+    problem of ``ev.code_regression``; each is compiled and run. Returns rows per model and
+    difficulty (compile and pass rates with Wilson intervals; for the adapter, the paired
+    interval of its pass rate minus the base's), the first outcomes per model, and the number
+    of problems. ``settings``: the :class:`~spark_pipeline.training.settings.TrainingSettings`
+    the checkpoint was trained with; ``ev``: the :class:`~.evaluate.EvalSettings`."""
+    import time
+
+    import torch
+    from peft import PeftModel
+
+    from spark_pipeline.evaluation import stats
+    from spark_pipeline.evaluation.metrics import generate_batch
+    from spark_pipeline.records import sha256_file
+    from spark_pipeline.tokens.tokenizer import load_tokenizer
+    from spark_pipeline.training.model import load_base_model
+
+    cfg = dict(ev.code_regression)
+    problems = load_problems(cfg.get("problems") or None)
+    lineage = json.loads((checkpoint / "lineage.json").read_text())
+    tokenizer = load_tokenizer(lineage.get("tokenizer", settings.tokenizer))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # one copy of the base weights in the training dtype; the base answers with the adapter off
+    model = PeftModel.from_pretrained(load_base_model(str(base_path), dtype=getattr(torch, settings.dtype),
+                                                      device=device), str(checkpoint)).eval()
+    prompts = [tokenizer.encode(prompt_for(p)) for p in problems]
+    lineage_sha256 = sha256_file(checkpoint / "lineage.json")
+    rows, examples, outcomes_by_model = [], {}, {}
+    for name in ("base", f"adapter:{key}"):
+        started = time.perf_counter()
+
+        def report(done, name=name, started=started):
+            elapsed = time.perf_counter() - started
+            progress(f"code regression, {name}: {done}/{len(prompts)} problems generated, {elapsed:.1f} s, "
+                     f"~{elapsed / done * (len(prompts) - done):.0f} s left")
+
+        def generate():
+            return generate_batch(model, prompts, int(cfg["max_new_tokens"]), tokenizer.eos_id, tokenizer.pad_id,
+                                  device, ev.batch_size, report)
+
+        if name == "base":
+            with model.disable_adapter():
+                answers = generate()
+        else:
+            answers = generate()
+        code = {id(p): extract_code(tokenizer.decode(a)) for p, a in zip(problems, answers, strict=True)}
+        outcomes = evaluate(lambda p, code=code: code[id(p)], problems, float(cfg["time_limit_s"]),
+                            int(cfg["memory_mb"]))
+        outcomes_by_model[name] = outcomes
+        examples[name] = [o.reason for o in outcomes][:3]
+        for difficulty, summary in sorted(summarise(outcomes).items()):
+            group = [o for o in outcomes if difficulty == "all" or o.difficulty == difficulty]
+            passed, compiled = sum(o.passed for o in group), sum(o.compiled for o in group)
+            row = {"checkpoint": key, "model": name, "difficulty": difficulty, **summary,
+                   "lineage_sha256": lineage_sha256}
+            row["pass_rate_lo"], row["pass_rate_hi"] = stats.wilson(passed, len(group))
+            row["compile_rate_lo"], row["compile_rate_hi"] = stats.wilson(compiled, len(group))
+            row["pass_rate_vs_base_lo"], row["pass_rate_vs_base_hi"] = float("nan"), float("nan")
+            if name != "base":  # paired: the same problems, adapter minus base
+                base_group = [o for o in outcomes_by_model["base"] if difficulty == "all" or o.difficulty == difficulty]
+                row["pass_rate_vs_base_lo"], row["pass_rate_vs_base_hi"] = stats.paired(
+                    stats.mean_statistic([float(o.passed) for o in group]),
+                    stats.mean_statistic([float(o.passed) for o in base_group]), len(group), ev.bootstrap_resamples)
+            rows.append(row)
+    return rows, examples, len(problems)
+
+
+def write_code_regression(out: Path, rows: list[dict]) -> None:
+    """code_regression.parquet and its Markdown table (code_regression.md) under ``out``."""
+    import math
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spark_pipeline.records import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "code_regression.parquet")
+
+    def interval(r, col):
+        lo, hi = r.get(f"{col}_lo", float("nan")), r.get(f"{col}_hi", float("nan"))
+        return f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else ""
+
+    atomic_write_text(out / "code_regression.md", "| model | difficulty | problems | compile rate | pass rate | "
+                      "pass rate − base [95% paired] |\n|---|---|---|---|---|---|\n" + "".join(
+                          f"| {r['model']} | {r['difficulty']} | {r['problems']} | {r['compile_rate']:.3f}"
+                          f"{interval(r, 'compile_rate')} | {r['pass_rate']:.3f}{interval(r, 'pass_rate')} | "
+                          f"{interval(r, 'pass_rate_vs_base').strip() or '-'} |\n" for r in rows))

@@ -1,5 +1,7 @@
-"""No two modules of the package import each other, directly or around a loop (an import
-inside a function counts too: it is a dependency all the same)."""
+"""The package's shape: no two modules import each other, directly or around a loop (an import
+inside a function counts too: it is a dependency all the same); every asset is declared the one
+way (owned by the team, grouped and tagged by its stage); plots are drawn in one module and
+the Dagster layer draws none."""
 
 from __future__ import annotations
 
@@ -75,3 +77,24 @@ def test_the_package_has_no_import_cycles():
 
 def test_the_cycle_check_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_asset_is_owned_and_grouped_by_its_stage():
+    from spark_pipeline.definitions import defs
+    from spark_pipeline.defs.resources import OWNERS
+
+    graph = defs.resolve_asset_graph()
+    keys = list(graph.get_all_asset_keys())
+    assert len(keys) >= 15
+    for key in keys:
+        node = graph.get(key)
+        assert node.owners == OWNERS, key
+        assert node.tags.get("stage") == node.group_name, key
+        assert node.group_name in {"specmap", "corpus", "training", "sweep", "evaluation", "release"}, key
+
+
+def test_only_the_plots_module_draws():
+    drawing = ("subplots(", "matplotlib", ".savefig(", "errorbar(", "imshow(")
+    offenders = [str(p.relative_to(PACKAGE_DIR)) for p in PACKAGE_DIR.rglob("*.py")
+                 if p.name != "plots.py" and any(d in p.read_text(encoding="utf-8") for d in drawing)]
+    assert offenders == []

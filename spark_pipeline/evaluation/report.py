@@ -1,0 +1,317 @@
+"""The evaluation's tables and report, apart from Dagster: each checkpoint's tables written
+(:func:`write_tables`), a blocked checkpoint's tables withdrawn (:func:`withdraw`),
+and the report across checkpoints (:func:`build_report`): rows gathered from every
+checkpoint's table and the external baselines, perplexity outliers marked, winners named only
+outside their paired interval, report.parquet / report.md / winners.md and the plots written.
+The assets in :mod:`spark_pipeline.defs.evaluation` call these and turn the results into
+metadata."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spark_pipeline.evaluation.evaluate import EvalSettings, perplexity_outliers
+from spark_pipeline.evaluation.series import is_latest, latest, run_of
+from spark_pipeline.records import atomic_write_text
+from spark_pipeline.training.runs import checkpoint_folder
+
+
+class ReportError(RuntimeError):
+    """Nothing to report yet (no checkpoint has evaluation tables)."""
+
+
+COLUMNS_WITH_INTERVALS = {"perplexity": ("perplexity_lo", "perplexity_hi"),
+                          "ppl_reduction_vs_base": ("ppl_reduction_vs_base_lo", "ppl_reduction_vs_base_hi"),
+                          "tf_top1": ("tf_top1_lo", "tf_top1_hi"), "tf_top5": ("tf_top5_lo", "tf_top5_hi"),
+                          "gen_token_accuracy": ("gen_token_accuracy_lo", "gen_token_accuracy_hi"),
+                          "bleu4": ("bleu4_lo", "bleu4_hi"), "exact_match": ("exact_match_lo", "exact_match_hi"),
+                          "compile_rate": ("compile_rate_lo", "compile_rate_hi")}
+GENERATION_COLUMNS = ["checkpoint", "step", "model", "split", "category", "pair_id", "sample_id", "prompt_sha256",
+                      "prompt_tokens", "reference", "generation", "reference_ids", "generation_ids", "token_accuracy",
+                      "exact_match", "bleu4", "bleu_stats", "compiles", "memorized_longest"]
+
+
+def _fmt(value, interval=None) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    text = f"{value:.3f}"
+    if interval and all(isinstance(v, float) and math.isfinite(v) for v in interval):
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
+TABLE_COLUMNS = ["model", "split", "category", "samples", "flag", "perplexity", "ppl_reduction_vs_base", "tf_loss",
+                 "tf_top1", "tf_top5", "gen_samples", "gen_token_accuracy", "bleu4", "exact_match", "compile_rate",
+                 "memorized_longest_max"]
+
+
+def table_cells(rows: list[dict]) -> list[dict[str, str]]:
+    """Each row's cells as text, each metric with its 95% interval in brackets (bootstrap over
+    samples; Wilson for exact match and compile rate; for ppl_reduction_vs_base the paired
+    interval against the base). One rendering for the Markdown file and the UI's table."""
+    out = []
+    for r in rows:
+        cells = {}
+        for c in TABLE_COLUMNS:
+            value = r.get(c, float("nan"))
+            if c == "samples" and r.get("few_samples"):
+                value = f"{value} (few)"
+            bounds = COLUMNS_WITH_INTERVALS.get(c)
+            cells[c] = _fmt(value, (r.get(bounds[0]), r.get(bounds[1])) if bounds else None)
+        out.append(cells)
+    return out
+
+
+def table_markdown(rows: list[dict]) -> str:
+    out = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    out += ["| " + " | ".join(cells[c] for c in TABLE_COLUMNS) + " |" for cells in table_cells(rows)]
+    return "\n".join(out)
+
+
+
+PLOTTED_METRICS = ("perplexity", "ppl_reduction_vs_base", "gen_token_accuracy", "bleu4")
+
+
+def plotted_metrics(rows: list[dict]) -> dict[str, float]:
+    """The adapter's overall numbers as plain floats: the UI's Plots tab draws every numeric
+    metadata key across materializations, here one point per checkpoint partition."""
+    out = {}
+    for r in rows:
+        if r["model"] != "base" and r["category"] == "all":
+            for metric in PLOTTED_METRICS:
+                value = r.get(metric)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    out[f"{r['split']}/{metric}"] = float(value)
+    return out
+
+
+def withdraw(out: Path, reason: dict) -> Path | None:
+    """A blocked re-evaluation: the checkpoint's earlier tables are moved aside (never shown as
+    current) and BLOCKED says why."""
+    import datetime
+
+    if not out.exists():
+        out.mkdir(parents=True)
+    current = [p for p in out.iterdir() if p.is_file() and p.name != "BLOCKED"]
+    moved = None
+    if current:
+        moved = out / ("withdrawn-" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f"))
+        moved.mkdir()
+        for p in current:
+            p.rename(moved / p.name)
+    atomic_write_text(out / "BLOCKED", json.dumps({**reason, "withdrawn_to": str(moved) if moved else None},
+                                                  indent=2, default=str) + "\n")
+    return moved
+
+
+def examples_markdown(records: list[dict], per_category: int = 2, chars: int = 240) -> str:
+    """A few generations per in-domain category, beside their references."""
+    seen: dict[str, int] = {}
+    parts = []
+    for r in records:
+        if not r["generated"] or r["split"] != "in_domain" or seen.get(r["category"], 0) >= per_category:
+            continue
+        seen[r["category"]] = seen.get(r["category"], 0) + 1
+        parts.append(f"**{r['category']}** · `{r['sample_id']}` · token accuracy {r['token_accuracy']:.3f}, "
+                     f"BLEU-4 {r['bleu4']:.1f}\n\nreference:\n```\n{r['reference'][:chars]}\n```\n"
+                     f"generation:\n```\n{r['generation'][:chars]}\n```\n")
+    return "\n".join(parts) or "(no generations)"
+
+
+
+def category_winners(rows: list[dict], records: list[dict], resamples: int = 1000) -> dict[str, dict]:
+    """Per in-domain category, the model with the highest generative token accuracy among the
+    base, the newest run's latest non-outlier checkpoint and the external models (§6.6
+    "winner") — but only when it beats the runner-up outside the 95% interval of their paired
+    difference on the same samples. Otherwise the category is a tie, whatever the order of
+    names. Returns per category ``winner`` (a model or None), ``contenders`` (best first, with
+    values), ``difference`` and its ``interval``."""
+    from spark_pipeline.evaluation import stats
+
+    newest = latest(rows)
+    contenders = [r for r in rows if r["split"] == "in_domain" and r["category"] != "all"
+                  and (r["model"] == "base" or r["model"].startswith("external:") or is_latest(r, newest))
+                  and math.isfinite(r["gen_token_accuracy"])]
+    by_model: dict[tuple[str, str], dict[str, float]] = {}
+    for rec in records:
+        if rec.get("generated") and rec["split"] == "in_domain" and rec.get("token_accuracy") is not None:
+            by_model.setdefault((rec["model"], rec["category"]), {})[rec["sample_id"]] = rec["token_accuracy"]
+    result: dict[str, dict] = {}
+    for category in sorted({r["category"] for r in contenders}):
+        ranked = sorted((r for r in contenders if r["category"] == category),
+                        key=lambda r: r["gen_token_accuracy"], reverse=True)
+        entry = {"contenders": [(r["model"], r["gen_token_accuracy"]) for r in ranked], "winner": None,
+                 "difference": float("nan"), "interval": (float("nan"), float("nan"))}
+        if len(ranked) >= 2:
+            best, second = ranked[0], ranked[1]
+            entry["difference"] = best["gen_token_accuracy"] - second["gen_token_accuracy"]
+            a = by_model.get((best["model"], category), {})
+            b = by_model.get((second["model"], category), {})
+            common = sorted(set(a) & set(b))
+            if entry["difference"] > 0 and len(common) >= 2:
+                entry["interval"] = stats.paired(stats.mean_statistic([a[i] for i in common]),
+                                                 stats.mean_statistic([b[i] for i in common]), len(common), resamples)
+                if stats.excludes_zero(entry["interval"]):
+                    entry["winner"] = best["model"]
+        result[category] = entry
+    return result
+
+
+def winners_markdown(winners: dict[str, dict]) -> str:
+    lines = ["| category | winner | token accuracy of the contenders | best − runner-up [95% paired interval] |",
+             "|---|---|---|---|"]
+    for category, w in winners.items():
+        lo, hi = w["interval"]
+        if math.isnan(w["difference"]):
+            diff = "(one contender)"
+        elif w["difference"] == 0:
+            diff = "0.000 (equal)"
+        else:
+            diff = f"{w['difference']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else " (no paired samples)")
+        lines.append(f"| {category} | {w['winner'] or 'tie'} | "
+                     + ", ".join(f"{m} {v:.3f}" for m, v in w["contenders"]) + f" | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def mark_outliers(rows: list[dict], outliers: list[dict]) -> list[dict]:
+    """Flag every row of an outlier checkpoint (its tables are kept, but marked)."""
+    flagged = {o["checkpoint"] for o in outliers}
+    for r in rows:
+        if r.get("checkpoint") in flagged and r["model"].startswith("adapter"):
+            r["flag"] = "outlier"
+    return rows
+
+
+def write_tables(out: Path, rows: list[dict], records: list[dict]) -> None:
+    """One checkpoint's (or the external baselines') evaluation: table.parquet and table.md
+    (the rows), samples.parquet (every sample's scores) and generations.parquet (every
+    generation); an earlier BLOCKED marker is removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "BLOCKED").unlink(missing_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "table.parquet")
+    pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in GENERATION_COLUMNS} for r in records if r.get("generated", True)]),
+                   out / "generations.parquet")
+    pq.write_table(pa.Table.from_pylist(records), out / "samples.parquet")
+    atomic_write_text(out / "table.md", table_markdown(rows) + "\n")
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` found and wrote (under ``out``)."""
+
+    out: Path
+    rows: list[dict]
+    checkpoints: int
+    blocked: dict[str, list]
+    outliers: list[dict]
+    points: list[dict]
+    """The in-domain perplexity and last training loss of every checkpoint, the outlier rule's input."""
+    notes: list[str]
+    plots: dict[str, Path]
+    winners: dict[str, dict]
+    code_rows: list[dict]
+    regressions: list[str]
+    newest: tuple[str, int] | None = None
+    perplexity_series: list[float] = field(default_factory=list)
+    """In-domain perplexity over the newest run's checkpoints (outliers left out)."""
+
+    def latest_rows(self) -> list[dict]:
+        """The base, the newest checkpoint and the external models, overall."""
+        return sorted((r for r in self.rows if r["category"] == "all" and (
+            r["model"] == "base" or is_latest(r, self.newest) or r["model"].startswith("external:"))),
+            key=lambda r: (r["split"], r["model"] != "base", r["model"]))
+
+
+def _gather(evaluation: Path) -> tuple[list[dict], list[dict], dict[str, list], int]:
+    """Rows and per-sample records of every checkpoint whose evaluation is not blocked, and of
+    the external baselines; the base model's kept once."""
+    folders = sorted(p for p in evaluation.iterdir() if p.is_dir()
+                     and p.name not in ("report", "_base", "external")) if evaluation.exists() else []
+    blocked = {p.name: json.loads((p / "BLOCKED").read_text()).get("reasons") for p in folders
+               if (p / "BLOCKED").exists()}
+    tables = [p / "table.parquet" for p in folders if p.name not in blocked and (p / "table.parquet").exists()]
+    if not tables:
+        raise ReportError("no evaluation tables yet: materialize checkpoint_eval for some checkpoints first"
+                          + (f" ({len(blocked)} blocked)" if blocked else ""))
+    rows = [r for t in tables for r in pq.read_table(t).to_pylist()]
+    records = [r for t in tables if (t.parent / "samples.parquet").exists()
+               for r in pq.read_table(t.parent / "samples.parquet").to_pylist()]
+    external = evaluation / "external" / "table.parquet"
+    if external.exists():
+        rows += pq.read_table(external).to_pylist()
+        if (external.parent / "samples.parquet").exists():
+            records += pq.read_table(external.parent / "samples.parquet").to_pylist()
+    base_rows = {(r["split"], r["category"]): r for r in rows if r["model"] == "base"}
+    rows = [r for r in rows if r["model"] != "base"] + list(base_rows.values())
+    # every checkpoint's samples.parquet repeats the base model's records: keep one per sample
+    records = [r for r in records if r["model"] != "base"] + list(
+        {r["sample_id"]: r for r in records if r["model"] == "base"}.values())
+    return rows, records, blocked, len(tables)
+
+
+def build_report(storage_root: Path, ev: EvalSettings) -> Report:
+    """The report across checkpoints under ``<storage_root>/evaluation/report``: report.parquet
+    and report.md (every row, outliers flagged), winners.md, code_regression.parquet and the
+    plots. Raises :class:`ReportError` when no checkpoint has tables yet."""
+    from spark_pipeline.plots import evaluation_plots
+
+    evaluation = Path(storage_root) / "evaluation"
+    rows, records, blocked, checkpoints = _gather(evaluation)
+    for r in rows:
+        r.setdefault("gen_errors", 0)
+        r.setdefault("flag", "")
+        r.setdefault("few_samples", r.get("samples", 0) < ev.min_samples_per_category)
+        for col in ("compile_rate", "memorized_longest_mean", "ppl_reduction_vs_base",
+                    *(b for pair in COLUMNS_WITH_INTERVALS.values() for b in pair)):
+            r.setdefault(col, float("nan"))
+        r.setdefault("memorized_longest_max", -1)
+    points = []
+    for r in sorted((r for r in rows if r["model"].startswith("adapter") and r["category"] == "all"
+                     and r["split"] == "in_domain"), key=lambda r: (run_of(r), r["step"])):
+        state = checkpoint_folder(storage_root, r["checkpoint"]) / "trainer_state.json"
+        losses = json.loads(state.read_text())["health"]["losses"] if state.exists() else []
+        points.append({"checkpoint": r["checkpoint"], "run": run_of(r), "step": r["step"],
+                       "perplexity": r["perplexity"], "train_loss": losses[-1] if losses else None})
+    outliers = [o for run in sorted({p["run"] for p in points})
+                for o in perplexity_outliers([p for p in points if p["run"] == run], ev.outlier_factor)]
+    mark_outliers(rows, outliers)
+    out = evaluation / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "report.parquet")
+    few = sorted({r["category"] for r in rows if r["few_samples"] and r["category"] != "all"
+                  and not r["model"].startswith("external:")})
+    notes = []
+    if few:
+        notes.append(f"Categories with fewer than {ev.min_samples_per_category} evaluation samples (intervals wide, "
+                     f"differences hard to tell from zero): {', '.join(few)}.")
+    if outliers:
+        notes.append("Outlier checkpoints (flag `outlier`): " + ", ".join(o["checkpoint"] for o in outliers) + ".")
+    if blocked:
+        notes.append("Left out, their evaluation was blocked: " + ", ".join(blocked) + ".")
+    atomic_write_text(out / "report.md", table_markdown(sorted(rows, key=lambda r: (r["model"], r["split"], r["category"])))
+                      + "\n\nIntervals: 95%, bootstrap over samples (Wilson for exact match and compile rate); "
+                      "ppl_reduction_vs_base: paired with the base on the same samples.\n"
+                      + "".join(f"\n{n}\n" for n in notes))
+    plots = evaluation_plots(rows, out)
+    code_rows = [r for t in sorted(evaluation.glob("*/code_regression.parquet")) if t.parent.name not in blocked
+                 for r in pq.read_table(t).to_pylist()]
+    if code_rows:
+        pq.write_table(pa.Table.from_pylist(code_rows), out / "code_regression.parquet")
+    winners = category_winners(rows, records, ev.bootstrap_resamples)
+    atomic_write_text(out / "winners.md", winners_markdown(winners))
+    newest = latest(rows)
+    regressions = [r["checkpoint"] for r in rows if is_latest(r, newest) and r["split"] == "in_domain"
+                   and r["category"] == "all" and r["flag"] == "regression"]
+    series = [r["perplexity"] for r in sorted(rows, key=lambda r: r["step"])
+              if newest and r["model"].startswith("adapter") and run_of(r) == newest[0]
+              and r["split"] == "in_domain" and r["category"] == "all" and r.get("flag") != "outlier"]
+    return Report(out, rows, checkpoints, blocked, outliers, points, notes, plots, winners, code_rows, regressions,
+                  newest, series)
