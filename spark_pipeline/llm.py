@@ -1,18 +1,20 @@
 """A chat client for OpenAI-compatible endpoints (any: vLLM, ...) and Anthropic's Messages
 API: token counting, an on-disk answer cache (a re-run costs nothing), retries with
-exponential backoff on rate limits and server errors (honouring ``Retry-After``). Used by the
-SpecMap LLM judge and by the external-model baselines of the evaluation."""
+exponential backoff on rate limits, server errors and lost connections, honouring
+``Retry-After`` (urllib3's ``Retry`` under the requests session: no wait after the last
+attempt). Used by the SpecMap LLM judge and by the external-model baselines of the evaluation."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from spark_pipeline.records import atomic_write_json
 
@@ -48,7 +50,11 @@ class LLMConfig:
     max_tokens: int = 1024
     timeout_s: float = 120.0
     max_retries: int = 5
+    """Retries after the first attempt (rate limits, 5xx, connection errors, read timeouts)."""
     backoff_s: float = 2.0
+    """The first retry's wait; each next one doubles, at most ``max_backoff_s`` (a
+    ``Retry-After`` header wins)."""
+    max_backoff_s: float = 60.0
     max_candidates: int = 30
     """Candidates shown per question (the lexical ranking's best)."""
     max_prompt_chars: int = 12000
@@ -68,6 +74,11 @@ class ChatClient:
         self.cache_dir = Path(cache_dir)
         self.usage = usage
         self.session = session or requests.Session()
+        retry = Retry(total=config.max_retries, backoff_factor=config.backoff_s, backoff_max=config.max_backoff_s,
+                      status_forcelist=(429, *range(500, 600)), allowed_methods=None,
+                      respect_retry_after_header=True, raise_on_status=False)
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, HTTPAdapter(max_retries=retry))
         default = "https://api.openai.com/v1" if config.provider == "openai" else "https://api.anthropic.com"
         self.base_url = (config.base_url or default).rstrip("/")
         self.api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
@@ -106,33 +117,22 @@ class ChatClient:
                 headers["x-api-key"] = self.api_key
             body = {"model": cfg.model, "max_tokens": cfg.max_tokens, "temperature": 0, "system": system,
                     "messages": [{"role": "user", "content": user}]}
-        last_error = ""
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                self.usage.retries += 1
-            try:
-                resp = self.session.post(url, json=body, headers=headers, timeout=cfg.timeout_s)
-            except requests.RequestException as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-                time.sleep(cfg.backoff_s * 2 ** attempt)
-                continue
-            if resp.status_code == 429 or resp.status_code >= 500:
-                last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                retry_after = resp.headers.get("retry-after")
-                try:
-                    wait = float(retry_after) if retry_after else cfg.backoff_s * 2 ** attempt
-                except ValueError:
-                    wait = cfg.backoff_s * 2 ** attempt
-                time.sleep(min(wait, 60.0))
-                continue
-            if resp.status_code >= 400:
-                raise JudgeError(f"{url} refused the request: HTTP {resp.status_code}: {resp.text[:300]}")
-            data = resp.json()
-            if cfg.provider == "openai":
-                text = data["choices"][0]["message"]["content"] or ""
-                usage = data.get("usage") or {}
-                return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-            text = "".join(part.get("text", "") for part in data.get("content", []) if part.get("type") == "text")
+        attempts = f"{cfg.max_retries + 1} attempts"
+        try:
+            resp = self.session.post(url, json=body, headers=headers, timeout=cfg.timeout_s)
+        except requests.RequestException as exc:
+            raise JudgeError(f"{url} failed after {attempts}: {type(exc).__name__}: {exc}") from exc
+        history = getattr(getattr(resp.raw, "retries", None), "history", ()) or ()
+        self.usage.retries += len(history)
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise JudgeError(f"{url} failed after {attempts}: HTTP {resp.status_code}: {resp.text[:200]}")
+        if resp.status_code >= 400:
+            raise JudgeError(f"{url} refused the request: HTTP {resp.status_code}: {resp.text[:300]}")
+        data = resp.json()
+        if cfg.provider == "openai":
+            text = data["choices"][0]["message"]["content"] or ""
             usage = data.get("usage") or {}
-            return text, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-        raise JudgeError(f"{url} failed after {cfg.max_retries + 1} attempts: {last_error}")
+            return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        text = "".join(part.get("text", "") for part in data.get("content", []) if part.get("type") == "text")
+        usage = data.get("usage") or {}
+        return text, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))

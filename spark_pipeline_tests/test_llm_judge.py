@@ -82,3 +82,19 @@ def test_unreachable_endpoint_and_bad_settings(tmp_path):
         LLMJudge(LLMConfig(), tmp_path)
     with pytest.raises(JudgeError, match="unknown judge"):
         make_judge("oracle", tmp_path)
+
+
+def test_server_errors_are_retried_with_backoff_and_no_wait_after_the_last_attempt(tmp_path, monkeypatch):
+    import time
+
+    waits = []
+    monkeypatch.setattr(time, "sleep", lambda s: waits.append(s))
+    with FakeLLM(mode="server_error") as server:
+        judge = LLMJudge(LLMConfig(model="m", base_url=f"{server.url}/v1", max_retries=2, backoff_s=2.0,
+                                   max_backoff_s=3.0), tmp_path / "c")
+        with pytest.raises(JudgeError, match="failed after 3 attempts: HTTP 500"):
+            judge.client.complete("s", "u")
+        assert len(server.requests) == 3
+    assert len(waits) < 3, f"a wait after the last attempt: {waits}"
+    assert waits and all(0 < w <= 3.0 for w in waits), waits
+    assert judge.usage.retries == 2
