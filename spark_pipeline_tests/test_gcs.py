@@ -73,11 +73,32 @@ def test_unreachable_bucket_keeps_the_local_copy(emulator, tmp_path):
     ckpt = _checkpoint(tmp_path / "checkpoint-12")
     emulator.stop()
     uploader = CheckpointUploader("gs://spark-test/runs/r3", delete_local=True, backoff_s=0.01, max_attempts=2,
-                                  timeout_s=2)
+                                  timeout_s=2, request_retry_s=1)
     status = uploader.submit(ckpt)
     uploader.close(timeout=60)
     assert status.state == "failed" and status.attempts == 2 and status.error
     assert (ckpt / "optimizer.pt").exists(), "nothing is deleted unless the upload is verified"
+
+
+def test_a_bucket_that_blinks_costs_a_request_retry_not_the_upload(emulator, tmp_path):
+    """A request that fails while the service restarts is retried by the client library
+    within the same attempt (the first request finds nothing listening for a second)."""
+    ckpt = _checkpoint(tmp_path / "checkpoint-16")
+    port = emulator.port
+    emulator.stop()
+
+    def come_back():
+        time.sleep(1.5)
+        emulator.port = port
+        emulator.start()
+
+    threading.Thread(target=come_back, daemon=True).start()
+    uploader = CheckpointUploader("gs://spark-test/runs/r5", delete_local=True, backoff_s=0.01, max_attempts=1,
+                                  timeout_s=5, request_retry_s=120)
+    status = uploader.submit(ckpt)
+    uploader.close(timeout=180)
+    assert status.state == "uploaded" and status.attempts == 1, status
+    assert len(_names("runs/r5/checkpoint-16")) == 4
 
 
 def test_incomplete_upload_is_not_downloaded(emulator, tmp_path):

@@ -117,8 +117,11 @@ class CheckpointUploader:
     url: str
     delete_local: bool = False
     max_attempts: int = 6
+    """Whole-folder attempts (after a lost bucket, a failed verification); each request inside
+    one is retried by the client library for up to ``request_retry_s``."""
     backoff_s: float = 1.0
     timeout_s: float = 120.0
+    request_retry_s: float = 60.0
     client_factory: object = make_client
     after_file: object = None  # called (relative path) after each file upload: progress, tests
     statuses: list = field(default_factory=list)
@@ -188,38 +191,47 @@ class CheckpointUploader:
         return "/".join(p for p in (self.prefix, folder.name, rel) if p)
 
     def _upload(self, client, folder: Path, status: UploadStatus) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        retry = DEFAULT_RETRY.with_timeout(self.request_retry_s)
         bucket = client.bucket(self.bucket_name)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         status.files, status.bytes = len(files), sum(p.stat().st_size for p in files)
-        if bucket.get_blob(self._blob_name(folder, MARKER), timeout=self.timeout_s, retry=None) is not None:
+        there = self._listed(client, folder, retry)  # one listing: what an earlier attempt left
+        if self._blob_name(folder, MARKER) in there:
             # A complete checkpoint is immutable: the same files again is a no-op, other files a conflict.
-            differ = [p.relative_to(folder).as_posix() for p in files
-                      if not self._matches(bucket, self._blob_name(folder, p.relative_to(folder).as_posix()), p)]
+            differ = [p.relative_to(folder).as_posix() for p in files if not self._matches(there, folder, p)]
             if differ:
                 raise CheckpointConflict(f"{status.url} already holds a complete checkpoint with other files "
                                          f"({differ[:3]}); refusing to overwrite it, the local copy is kept")
             return
         for path in files:
             rel = path.relative_to(folder).as_posix()
-            blob = bucket.blob(self._blob_name(folder, rel))
-            if self._matches(bucket, blob.name, path):
+            if self._matches(there, folder, path):
                 continue  # already there from an earlier attempt
-            blob.upload_from_filename(str(path), timeout=self.timeout_s, retry=None)  # our own retries
-            if not self._matches(bucket, blob.name, path):
-                raise GCSError(f"{blob.name}: size or MD5 differs after upload")
+            # The library retries transient failures and checks the MD5 the bucket computed
+            # against the local file's (DataCorruption otherwise): no second request.
+            bucket.blob(self._blob_name(folder, rel)).upload_from_filename(
+                str(path), timeout=self.timeout_s, retry=retry, checksum="md5")
             if self.after_file:
                 self.after_file(rel)
-        # verify the whole folder once more before declaring it complete
-        missing = [p.relative_to(folder).as_posix() for p in files
-                   if not self._matches(bucket, self._blob_name(folder, p.relative_to(folder).as_posix()), p)]
+        # verify the whole folder once more (one listing) before declaring it complete
+        there = self._listed(client, folder, retry)
+        missing = [p.relative_to(folder).as_posix() for p in files if not self._matches(there, folder, p)]
         if missing:
             raise GCSError(f"{len(missing)} file(s) missing or changed in the bucket: {missing[:3]}")
         bucket.blob(self._blob_name(folder, MARKER)).upload_from_string(
-            f"{len(files)} files, {status.bytes} bytes\n", timeout=self.timeout_s, retry=None)
+            f"{len(files)} files, {status.bytes} bytes\n", timeout=self.timeout_s, retry=retry)
 
-    def _matches(self, bucket, name: str, path: Path) -> bool:
-        blob = bucket.get_blob(name, timeout=self.timeout_s, retry=None)
-        return blob is not None and blob.size == path.stat().st_size and blob.md5_hash == _md5_b64(path)
+    def _listed(self, client, folder: Path, retry) -> dict[str, tuple[int, str]]:
+        """Every object under the checkpoint's prefix: name -> (size, MD5)."""
+        prefix = self._blob_name(folder, "") + "/"
+        return {b.name: (b.size, b.md5_hash) for b in client.list_blobs(self.bucket_name, prefix=prefix,
+                                                                        timeout=self.timeout_s, retry=retry)}
+
+    def _matches(self, there: dict[str, tuple[int, str]], folder: Path, path: Path) -> bool:
+        found = there.get(self._blob_name(folder, path.relative_to(folder).as_posix()))
+        return found is not None and found == (path.stat().st_size, _md5_b64(path))
 
 
 def download_checkpoint(url: str, dest: Path, client=None) -> Path:
