@@ -483,3 +483,40 @@ def test_the_shutdown_watchdog_leaves_with_the_runs_own_exit_code():
                            "_exit_after_grace(1, 3, 7.0)"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3
     assert "rank 1: shutdown did not finish within 7 s" in done.stderr
+
+
+def test_step_batches_read_the_same_rows_as_the_formula_one_step_ahead_in_the_background():
+    import threading
+
+    import numpy as np
+
+    from spark_pipeline.training.batches import StepBatches
+
+    class Rows:
+        def __init__(self):
+            self.readers = []
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            self.readers.append((i, threading.current_thread().name))
+            return {"input_ids": np.full(4, i), "labels": np.full(4, i)}
+
+    data = Rows()
+    ranks = [StepBatches(data, per_rank=2, accumulation=2, world=2, rank=r) for r in (0, 1)]
+    try:
+        first = [[b["input_ids"][:, 0].tolist() for b in sb.get(0)] for sb in ranks]
+        assert first == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]], "every row of the step once, across ranks"
+        second = ranks[0].get(8)
+        assert [b["input_ids"][:, 0].tolist() for b in second] == [[8, 9], [2, 3]], "wraps around the rows"
+        here = threading.current_thread().name
+        assert sorted(i for i, name in data.readers if name == here) == list(range(8)), \
+            "only the first step is read by the training thread; the next ones were prefetched"
+        # A resumed run (a fresh source at the same rows_consumed) reads the same rows.
+        again = StepBatches(data, per_rank=2, accumulation=2, world=2, rank=0)
+        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(again.get(8), second, strict=True))
+        again.close()
+    finally:
+        for sb in ranks:
+            sb.close()

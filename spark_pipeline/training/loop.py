@@ -42,10 +42,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from spark_pipeline.tokens.cache import PackedDataset, wait_for_cache
+from spark_pipeline.training.batches import StepBatches
 from spark_pipeline.training.checkpoint import (
     code_version,
     load_checkpoint,
@@ -370,6 +370,7 @@ def main(argv=None) -> int:
     first_step_at = None
     ddp_forward.train()
     exit_reason = "finished"
+    batches = StepBatches(data, per_rank, settings.gradient_accumulation, world, rank, pin=cuda)
     while step < max_steps:
         t_step = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -377,10 +378,9 @@ def main(argv=None) -> int:
         tokens = 0
         preview = ""
         interrupted = False
+        step_batches = batches.get(rows_consumed)
         for micro in range(settings.gradient_accumulation):
-            base = rows_consumed + micro * per_rank * world + rank * per_rank
-            rows = [data[(base + j) % len(data)] for j in range(per_rank)]
-            batch = {k: torch.as_tensor(np.stack([r[k] for r in rows])).to(device) for k in rows[0]}
+            batch = {k: v.to(device, non_blocking=cuda) for k, v in step_batches[micro].items()}
             tokens += int((batch["labels"] != -100).sum())
             if not preview:
                 preview = str(batch["input_ids"][0, :16].tolist())
@@ -459,6 +459,7 @@ def main(argv=None) -> int:
                 uploader.submit(folder)
             break
 
+    batches.close()
     # The ranks must hold identical adapters: compare a checksum of every trainable tensor.
     checksum = float(sum(p.detach().double().sum() + (p.detach().double() ** 2).sum() for p in trainable_params))
     checksums = [checksum]
