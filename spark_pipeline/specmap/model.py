@@ -228,7 +228,7 @@ def _fit_gate(model: FileModel, samples: list[Sample], c: float) -> float:
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
     clf.fit((x - mean) / scale, np.asarray(y))
     gate = SectionGate(tuple(float(w) for w in clf.coef_[0]), float(clf.intercept_[0]),
-                       tuple(float(m) for m in mean), tuple(float(s) for s in scale))
+                       tuple(float(m) for m in mean), tuple(float(s) for s in scale), features=SECTION_FEATURES)
     best, best_f1 = 0.0, _pooled(decided, None)
     for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
         gate.threshold = t
