@@ -85,10 +85,19 @@ def test_unreachable_endpoint_and_bad_settings(tmp_path):
 
 
 def test_server_errors_are_retried_with_backoff_and_no_wait_after_the_last_attempt(tmp_path, monkeypatch):
+    import threading
     import time
 
     waits = []
-    monkeypatch.setattr(time, "sleep", lambda s: waits.append(s))
+    here, real_sleep = threading.current_thread(), time.sleep
+
+    def sleep(seconds):  # record this thread's waits; other threads (earlier tests' daemons) sleep as usual
+        if threading.current_thread() is here:
+            waits.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     with FakeLLM(mode="server_error") as server:
         judge = LLMJudge(LLMConfig(model="m", base_url=f"{server.url}/v1", max_retries=2, backoff_s=2.0,
                                    max_backoff_s=3.0), tmp_path / "c")
