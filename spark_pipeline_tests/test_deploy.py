@@ -84,8 +84,7 @@ def test_the_pod_pipes_would_submit_for_train_hero(hero, monkeypatch):
     merged into a pod by dagster-k8s's own builder, are a valid Pod with the GPU settings."""
     from dagster_k8s.pipes import build_pod_body
 
-    from spark_pipeline.defs.training import k8s_launch
-    from spark_pipeline.training.launch import torchrun_command
+    from spark_pipeline.training.launch import k8s_launch, torchrun_command
 
     cmd = torchrun_command(8, Path("/spark/runs/hero/r"), Path("/spark/tokens/k"), Path("/spark/models/m"),
                            Path("/spark/runs/hero/r/settings.json"), Path("/spark/runs/hero/r/lineage_input.json"),

@@ -11,8 +11,15 @@ from pydantic import Field
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, stage_asset
 from spark_pipeline.plots import embed_png, loss_plot, sparkline_markdown
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
-from spark_pipeline.training.launch import base_model_folder, prepare_run, tokenizer_name, torchrun_command
-from spark_pipeline.training.model import base_identity
+from spark_pipeline.training.launch import (
+    LaunchError,
+    base_model_folder,
+    current_inputs,
+    k8s_launch,
+    prepare_run,
+    tokenizer_name,
+    torchrun_command,
+)
 from spark_pipeline.training.runs import latest_run_with_checkpoints, new_run_id
 from spark_pipeline.training.settings import TrainingSettings
 
@@ -119,30 +126,10 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
 def training_inputs(context, storage: SparkStorage, settings: TrainingSettings) -> tuple:
     """(the tokenized cache of the current mixture, the lineage a run records): what every
     training launch (train_hero, each sweep trial) starts from; a missing one is said plainly."""
-    caches = [p.parent for p in storage.path("tokens").glob("*/.done")] if storage.path("tokens").exists() else []
-    mixture = storage.path("corpus", "mixture", "manifest.json")
-    if not mixture.exists():
-        raise dg.Failure("no training mixture: materialize repo_datasheet_pairs, the per-pair assets "
-                         "(specmap_mappings, section_chunks, quality_samples), eval_sets, training_mixture and "
-                         "tokenized_cache first (`spark demo` does all of them)")
-    manifest = json.loads(mixture.read_text())
-    infos = {c: json.loads((c / "cache.json").read_text()) for c in caches}
-    matching = [c for c, info in infos.items()
-                if info["mixture_hash"] == manifest["mixture_hash"] and info["max_length"] == settings.max_length]
-    if not matching:
-        raise dg.Failure(f"no tokenized cache for the current mixture ({manifest['mixture_hash'][:12]}) at "
-                         f"max_length {settings.max_length}: materialize tokenized_cache first")
-    cache = max(matching, key=lambda c: (c / ".done").stat().st_mtime)
-    cache_info = infos[cache]
-    registry = json.loads(storage.path("pairs", "registry.json").read_text())
-    lineage = {"mixture_hash": manifest["mixture_hash"], "tokenized_cache": cache_info["key"],
-               "tokenizer": cache_info["tokenizer"],
-               # the pair partitions whose samples are in the mixture, with the versions they had
-               "pairs": {p: registry["versions"][p] for p in manifest.get("pairs", {}) if p in registry["versions"]},
-               "quality_samples": manifest["lineage"]["quality_samples"],
-               "eval_sets": manifest["lineage"].get("eval_sets", {}), "dagster_run_id": context.run_id}
-    lineage["base_model"] = base_identity(base_model_folder(settings, storage.path()))  # evaluation checks it
-    return cache, lineage
+    try:
+        return current_inputs(storage.path(), settings, context.run_id)
+    except LaunchError as exc:
+        raise dg.Failure(str(exc)) from exc
 
 
 def launch_training(context, pipes_subprocess_client, settings: TrainingSettings, run_dir, cache, base, lineage: dict,
@@ -166,28 +153,16 @@ def launch_training(context, pipes_subprocess_client, settings: TrainingSettings
         if os.environ.get("SPARK_TRAIN_LAUNCHER", "local") == "k8s":  # a GPU pod on the cluster (deploy/)
             from dagster_k8s import PipesK8sClient
 
-            launch = k8s_launch(settings, cmd, upload_root, env)
+            try:
+                launch = k8s_launch(settings, cmd, upload_root, env)
+            except LaunchError as exc:
+                raise dg.Failure(str(exc)) from exc
             context.log.info(f"launching the training pod ({launch['image']}, {settings.gpus} GPUs, grace "
                              f"{launch['base_pod_spec']['terminationGracePeriodSeconds']} s)")
             return PipesK8sClient().run(context=context, **launch)
         return pipes_subprocess_client.run(command=cmd, context=context, env=env)
     except DagsterPipesExecutionError as exc:
         raise _training_failure(run_dir, exc) from exc
-
-
-def k8s_launch(settings: TrainingSettings, cmd: list[str], upload_root: str, env: dict) -> dict:
-    """The arguments of ``PipesK8sClient.run`` for the training pod: the GPU image
-    (``$SPARK_TRAIN_IMAGE``), torchrun as the pod's command, and the pod spec of
-    :func:`spark_pipeline.k8s.training_pod_spec` (GPUs, /dev/shm, grace period, storage)."""
-    from spark_pipeline.k8s import training_pod_spec
-
-    image = os.environ.get("SPARK_TRAIN_IMAGE", "")
-    if not image:
-        raise dg.Failure("SPARK_TRAIN_LAUNCHER=k8s needs SPARK_TRAIN_IMAGE, the GPU image (deploy/Dockerfile, VARIANT=gpu)")
-    pod_cmd = ["torchrun", *cmd[cmd.index("--standalone"):]]
-    return {"image": image, "command": pod_cmd, "env": env,
-            "base_pod_spec": training_pod_spec(settings, image, pod_cmd, checkpoint_url=upload_root,
-                                               profile=os.environ.get("SPARK_PROFILE", "hero"))}
 
 
 def _run_for(context, config: TrainConfig, storage: SparkStorage, upload_root: str) -> tuple[str, str]:

@@ -56,3 +56,59 @@ def torchrun_command(nproc: int, run_dir: Path, cache: Path, base_model: Path, s
     if max_steps:
         cmd += ["--max-steps", str(max_steps)]
     return cmd + (extra or [])
+
+
+class LaunchError(RuntimeError):
+    """What a training launch needs is missing (the mixture, its tokenized cache, the GPU image)."""
+
+
+def current_inputs(root: Path, settings: TrainingSettings, dagster_run_id: str = "") -> tuple[Path, dict]:
+    """(the tokenized cache of the current mixture under storage ``root``, the lineage a run
+    records: mixture, cache, tokenizer, the pair partitions with their versions, the sample and
+    evaluation-set versions, the base model's identity)."""
+    from spark_pipeline.training.model import base_identity
+
+    root = Path(root)
+    tokens = root / "tokens"
+    caches = [p.parent for p in tokens.glob("*/.done")] if tokens.exists() else []
+    mixture = root / "corpus" / "mixture" / "manifest.json"
+    if not mixture.exists():
+        raise LaunchError("no training mixture: materialize repo_datasheet_pairs, the per-pair assets "
+                          "(specmap_mappings, section_chunks, quality_samples), eval_sets, training_mixture and "
+                          "tokenized_cache first (`spark demo` does all of them)")
+    manifest = json.loads(mixture.read_text())
+    infos = {c: json.loads((c / "cache.json").read_text()) for c in caches}
+    matching = [c for c, info in infos.items()
+                if info["mixture_hash"] == manifest["mixture_hash"] and info["max_length"] == settings.max_length]
+    if not matching:
+        raise LaunchError(f"no tokenized cache for the current mixture ({manifest['mixture_hash'][:12]}) at "
+                          f"max_length {settings.max_length}: materialize tokenized_cache first")
+    cache = max(matching, key=lambda c: (c / ".done").stat().st_mtime)
+    cache_info = infos[cache]
+    registry = json.loads((root / "pairs" / "registry.json").read_text())
+    lineage = {"mixture_hash": manifest["mixture_hash"], "tokenized_cache": cache_info["key"],
+               "tokenizer": cache_info["tokenizer"],
+               # the pair partitions whose samples are in the mixture, with the versions they had
+               "pairs": {p: registry["versions"][p] for p in manifest.get("pairs", {}) if p in registry["versions"]},
+               "quality_samples": manifest["lineage"]["quality_samples"],
+               "eval_sets": manifest["lineage"].get("eval_sets", {}), "dagster_run_id": dagster_run_id}
+    lineage["base_model"] = base_identity(base_model_folder(settings, root))  # evaluation checks it
+    return cache, lineage
+
+
+def k8s_launch(settings: TrainingSettings, cmd: list[str], upload_root: str, env: dict) -> dict:
+    """The arguments of ``PipesK8sClient.run`` for the training pod: the GPU image
+    (``$SPARK_TRAIN_IMAGE``), torchrun as the pod's command, and the pod spec of
+    :func:`spark_pipeline.k8s.training_pod_spec` (GPUs, /dev/shm, grace period, storage)."""
+    import os
+
+    from spark_pipeline.k8s import training_pod_spec
+
+    image = os.environ.get("SPARK_TRAIN_IMAGE", "")
+    if not image:
+        raise LaunchError("SPARK_TRAIN_LAUNCHER=k8s needs SPARK_TRAIN_IMAGE, the GPU image (deploy/Dockerfile, "
+                          "VARIANT=gpu)")
+    pod_cmd = ["torchrun", *cmd[cmd.index("--standalone"):]]
+    return {"image": image, "command": pod_cmd, "env": env,
+            "base_pod_spec": training_pod_spec(settings, image, pod_cmd, checkpoint_url=upload_root,
+                                               profile=os.environ.get("SPARK_PROFILE", "hero"))}
