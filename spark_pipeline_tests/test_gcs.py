@@ -42,6 +42,20 @@ def test_upload_verified_then_local_deleted_and_download_roundtrip(emulator, tmp
     assert (back / "adapter_model.safetensors").read_bytes() == bytes(range(256)) * 4000
 
 
+def _down_for(emulator, seconds: float) -> None:
+    """Stop the in-memory service (it loses everything it held) and start it again on the same
+    port ``seconds`` later, in the background."""
+    port = emulator.port
+    emulator.stop()
+
+    def come_back():
+        time.sleep(seconds)
+        emulator.port = port
+        emulator.start()
+
+    threading.Thread(target=come_back, daemon=True).start()
+
+
 def test_storage_going_away_mid_upload_loses_no_checkpoint(emulator, tmp_path):
     ckpt = _checkpoint(tmp_path / "checkpoint-8")
     restarted = threading.Event()
@@ -49,15 +63,7 @@ def test_storage_going_away_mid_upload_loses_no_checkpoint(emulator, tmp_path):
     def kill_after_first_file(rel):
         if not restarted.is_set():
             restarted.set()
-            port = emulator.port
-            emulator.stop()  # the in-memory service loses everything uploaded so far
-
-            def come_back():
-                time.sleep(1.0)
-                emulator.port = port
-                emulator.start()
-
-            threading.Thread(target=come_back, daemon=True).start()
+            _down_for(emulator, 1.0)  # everything uploaded so far is lost
 
     uploader = CheckpointUploader("gs://spark-test/runs/r2", delete_local=True, backoff_s=0.3, max_attempts=8,
                                   timeout_s=5, after_file=kill_after_first_file)
@@ -84,15 +90,7 @@ def test_a_bucket_that_blinks_costs_a_request_retry_not_the_upload(emulator, tmp
     """A request that fails while the service restarts is retried by the client library
     within the same attempt (the first request finds nothing listening for a second)."""
     ckpt = _checkpoint(tmp_path / "checkpoint-16")
-    port = emulator.port
-    emulator.stop()
-
-    def come_back():
-        time.sleep(1.5)
-        emulator.port = port
-        emulator.start()
-
-    threading.Thread(target=come_back, daemon=True).start()
+    _down_for(emulator, 1.5)
     uploader = CheckpointUploader("gs://spark-test/runs/r5", delete_local=True, backoff_s=0.01, max_attempts=1,
                                   timeout_s=5, request_retry_s=120)
     status = uploader.submit(ckpt)
