@@ -80,5 +80,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file's object, or ``{}`` when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -10,7 +10,7 @@ from spark_pipeline.corpus.categories import categorize
 from spark_pipeline.corpus.chunking import chunk_mapping
 from spark_pipeline.corpus.cleaning import Cleaner, default_filters, run_filters
 from spark_pipeline.corpus.settings import CorpusSettings
-from spark_pipeline.records import Rejection, preview
+from spark_pipeline.records import Rejection, preview, read_json
 
 
 def text_hash(text: str) -> str:
@@ -87,12 +87,6 @@ class CorpusInputError(RuntimeError):
     """No pair has samples built from its current mapping."""
 
 
-def _json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def stale_reason(root: Path, pair_id: str, registry: dict) -> str | None:
     """Why a pair's samples under storage ``root`` are not from its current mapping and
     manifest entry, or None.
@@ -105,7 +99,7 @@ def stale_reason(root: Path, pair_id: str, registry: dict) -> str | None:
     path = Path(root) / "corpus" / "samples" / f"{pair_id}.parquet"
     if not path.exists():
         return "no quality_samples"
-    sidecar = _json(Path(root) / "specmap" / pair_id / "mapping.json")
+    sidecar = read_json(Path(root) / "specmap" / pair_id / "mapping.json")
     if not sidecar:
         return "no current mapping (SpecMap never ran for it, or its last run failed)"
     lineage = read_lineage(path)

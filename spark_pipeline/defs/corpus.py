@@ -1,7 +1,6 @@
 """Corpus assets: ``section_chunks``, ``quality_samples`` (per pair), ``eval_sets`` and
 ``training_mixture`` (over all pairs)."""
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -37,17 +36,13 @@ from spark_pipeline.defs.resources import (
     stage_asset,
 )
 from spark_pipeline.plots import bar_chart, embed_png, histogram
-from spark_pipeline.records import atomic_write_json
+from spark_pipeline.records import atomic_write_json, read_json
 from spark_pipeline.settings import SAMPLE_DIR
 from spark_pipeline.specmap.pairs import PairError, record_path, record_version
 
 
 def _settings(config: SparkConfig) -> CorpusSettings:
     return CorpusSettings.load(config.name())
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list[dict], dict, dict]:
@@ -73,8 +68,8 @@ def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spa
     pair_id = context.partition_key
     settings = _settings(spark_config)
     mapping = storage.path("specmap", pair_id, "mapping.txt")
-    sidecar = _json(storage.path("specmap", pair_id, "mapping.json"))
-    record = _json(record_path(storage.path(), pair_id))
+    sidecar = read_json(storage.path("specmap", pair_id, "mapping.json"))
+    record = read_json(record_path(storage.path(), pair_id))
     if not mapping.exists() or not record:
         raise dg.Failure(f"pair {pair_id!r} has no mapping file at {mapping}: materialize specmap_mappings "
                          f"for this partition first")
@@ -240,7 +235,7 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
         result = assemble(domain, general, eval_rows, settings, recipe, fraction)
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
-    eval_summary = _json(eval_dir / "eval.json")
+    eval_summary = read_json(eval_dir / "eval.json")
     lineage = {"quality_samples": versions, "eval_sets": eval_summary.get("sha256", {})}
     manifest = write_mixture(storage.path("corpus", "mixture"), result, settings, lineage, recipe)
     if manifest["recipe"]["general_fraction_requested"] and \

@@ -21,7 +21,7 @@ from spark_pipeline.defs.resources import (
 )
 from spark_pipeline.defs.training import launch_training, training_inputs
 from spark_pipeline.plots import embed_png, sparkline_markdown, sweep_plots
-from spark_pipeline.records import atomic_write_json, atomic_write_text
+from spark_pipeline.records import atomic_write_json, atomic_write_text, read_json
 from spark_pipeline.sweep.settings import SweepError, SweepSettings, cell_name, effective_scale
 from spark_pipeline.training.launch import base_model_folder
 from spark_pipeline.training.loop import read_metrics
@@ -125,7 +125,7 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
             if not diverged:
                 raise  # a crash, not instability: the trial fails and the sweep stops here
             context.log.warning(f"trial {trial_number}: {name} diverged")
-        result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
+        result = read_json(run_dir / "result.json")
         steps = read_metrics(run_dir)
         summary = {**summarize(steps, sweep, seed, result), "run_dir": str(run_dir), "configuration": name}
         atomic_write_json(summary_file, summary)

@@ -1,7 +1,6 @@
 """``tokenized_cache`` and ``train_hero``: tokenization, and the LoRA run launched with
 torchrun through Dagster Pipes (the training program is ``python -m spark_pipeline.training``)."""
 
-import json
 import os
 
 import dagster as dg
@@ -10,6 +9,7 @@ from pydantic import Field
 
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, stage_asset
 from spark_pipeline.plots import embed_png, loss_plot, sparkline_markdown
+from spark_pipeline.records import read_json
 from spark_pipeline.tokens.cache import CacheError, PackedDataset, build_cache
 from spark_pipeline.training.launch import (
     LaunchError,
@@ -184,7 +184,7 @@ def _training_failure(run_dir, exc: Exception) -> dg.Failure:
     """A failed training program, said plainly: divergence (with the checkpoints marked
     unhealthy), a bad setting, or a crash (the tail of the log is in the run's stderr)."""
     result_file = run_dir / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    result = read_json(result_file)
     if result.get("exit") == "diverged":
         return dg.Failure(
             f"training diverged ({result.get('diverged')}); last healthy step {result.get('last_healthy_step')}. "

@@ -161,10 +161,6 @@ def evaluation_table(rows: list[dict]) -> list[str]:
     return out
 
 
-def _at(root: Path, *parts: str) -> Path:
-    return Path(root).joinpath(*parts)
-
-
 def card_inputs(root: Path, key: str, lineage: dict, settings, min_samples: int) -> dict:
     """What the model card shows beside the release's own numbers: the training settings,
     the mixture and the tokenized cache, the pairs with their records, the evaluation table
@@ -174,24 +170,26 @@ def card_inputs(root: Path, key: str, lineage: dict, settings, min_samples: int)
 
     import pyarrow.parquet as pq
 
-    manifest_file = _at(root, "corpus", "mixture", "manifest.json")
-    mixture = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    from spark_pipeline.records import read_json
+
+    manifest_file = Path(root, "corpus", "mixture", "manifest.json")
+    mixture = read_json(manifest_file)
     if mixture.get("mixture_hash") != lineage.get("mixture_hash"):
         mixture = {"mixture_hash": lineage.get("mixture_hash")}  # a later mixture: only the hash is this one's
     # estimated tokens per category, at the mixture's own characters-per-token ratio
     ratio = mixture.get("estimated_tokens", 0) / max(1, mixture.get("characters", 0))
     category_tokens = {c: int(n * ratio) for c, n in (mixture.get("category_characters") or {}).items()}
-    cache_file = _at(root, "tokens", lineage.get("tokenized_cache", "-"), "cache.json")
+    cache_file = Path(root, "tokens", lineage.get("tokenized_cache", "-"), "cache.json")
     pairs = []
     held_out = []
-    for record in sorted(_at(root, "pairs").glob("*/pair.json")):
+    for record in sorted(Path(root, "pairs").glob("*/pair.json")):
         pair = json.loads(record.read_text())
         if pair["id"] in lineage.get("pairs", {}):
             pairs.append(pair)
         elif pair.get("held_out"):
             held_out.append(pair["id"])
-    table = _at(root, "evaluation", key, "table.md")
-    rows_file = _at(root, "evaluation", key, "table.parquet")
+    table = Path(root, "evaluation", key, "table.md")
+    rows_file = Path(root, "evaluation", key, "table.parquet")
     rows = pq.read_table(rows_file).to_pylist() if rows_file.exists() else []
     few = sorted({r["category"] for r in rows if r.get("few_samples") and r["category"] != "all"})
     headline = ""
@@ -203,9 +201,9 @@ def card_inputs(root: Path, key: str, lineage: dict, settings, min_samples: int)
                          f"({mine['ppl_reduction_vs_base']:.1%} lower, 95% interval "
                          f"[{mine.get('ppl_reduction_vs_base_lo', float('nan')):.1%}, "
                          f"{mine.get('ppl_reduction_vs_base_hi', float('nan')):.1%}]). ")
-    report = _at(root, "evaluation", "report")
+    report = Path(root, "evaluation", "report")
     return {"training_settings": settings.to_dict(), "mixture": mixture,
-            "cache": json.loads(cache_file.read_text()) if cache_file.exists() else {},
+            "cache": read_json(cache_file),
             "category_tokens": category_tokens, "pairs": pairs, "held_out_pairs": held_out,
             "eval_rows": rows, "eval_files": [str(f) for f in (table, rows_file) if f.exists()],
             "few_categories": few,
