@@ -197,17 +197,18 @@ class CheckpointUploader:
         bucket = client.bucket(self.bucket_name)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         status.files, status.bytes = len(files), sum(p.stat().st_size for p in files)
+        local = {p: (p.stat().st_size, _md5_b64(p)) for p in files}  # each file hashed once per attempt
         there = self._listed(client, folder, retry)  # one listing: what an earlier attempt left
         if self._blob_name(folder, MARKER) in there:
             # A complete checkpoint is immutable: the same files again is a no-op, other files a conflict.
-            differ = [p.relative_to(folder).as_posix() for p in files if not self._matches(there, folder, p)]
+            differ = [p.relative_to(folder).as_posix() for p in files if not self._matches(there, folder, p, local)]
             if differ:
                 raise CheckpointConflict(f"{status.url} already holds a complete checkpoint with other files "
                                          f"({differ[:3]}); refusing to overwrite it, the local copy is kept")
             return
         for path in files:
             rel = path.relative_to(folder).as_posix()
-            if self._matches(there, folder, path):
+            if self._matches(there, folder, path, local):
                 continue  # already there from an earlier attempt
             # The library retries transient failures and checks the MD5 the bucket computed
             # against the local file's (DataCorruption otherwise): no second request.
@@ -217,7 +218,7 @@ class CheckpointUploader:
                 self.after_file(rel)
         # verify the whole folder once more (one listing) before declaring it complete
         there = self._listed(client, folder, retry)
-        missing = [p.relative_to(folder).as_posix() for p in files if not self._matches(there, folder, p)]
+        missing = [p.relative_to(folder).as_posix() for p in files if not self._matches(there, folder, p, local)]
         if missing:
             raise GCSError(f"{len(missing)} file(s) missing or changed in the bucket: {missing[:3]}")
         bucket.blob(self._blob_name(folder, MARKER)).upload_from_string(
@@ -229,9 +230,9 @@ class CheckpointUploader:
         return {b.name: (b.size, b.md5_hash) for b in client.list_blobs(self.bucket_name, prefix=prefix,
                                                                         timeout=self.timeout_s, retry=retry)}
 
-    def _matches(self, there: dict[str, tuple[int, str]], folder: Path, path: Path) -> bool:
-        found = there.get(self._blob_name(folder, path.relative_to(folder).as_posix()))
-        return found is not None and found == (path.stat().st_size, _md5_b64(path))
+    def _matches(self, there: dict[str, tuple[int, str]], folder: Path, path: Path,
+                 local: dict[Path, tuple[int, str]]) -> bool:
+        return there.get(self._blob_name(folder, path.relative_to(folder).as_posix())) == local[path]
 
 
 def download_checkpoint(url: str, dest: Path, client=None) -> Path:
