@@ -1,5 +1,6 @@
 """The training program: adapters, optimizer, health, checkpoints, signals, resume, torchrun."""
 
+import copy
 import json
 import math
 import os
@@ -15,8 +16,8 @@ from spark_pipeline.tokens.cache import build_cache
 from spark_pipeline.tokens.tokenizer import DOLMA2_EOS, DOLMA2_PAD, DOLMA2_VOCAB
 from spark_pipeline.training.health import HealthMonitor
 from spark_pipeline.training.launch import base_model_folder, prepare_run, torchrun_command
-from spark_pipeline.training.loop import lr_lambda
 from spark_pipeline.training.model import LoraSettings, add_adapters, build_base_model, split_parameter_groups
+from spark_pipeline.training.schedule import schedule_horizon, warmup_cosine
 from spark_pipeline.training.settings import SettingsError, TrainingSettings
 from spark_pipeline_tests.test_tokens import _mixture
 
@@ -101,10 +102,104 @@ def test_dual_learning_rates_and_cosine_schedule():
     settings = TrainingSettings.load("hero")
     assert settings.embedding_lr_ratio == 0.5 and settings.max_grad_norm == 5.0 and settings.seed == 3407
     assert (settings.per_device_batch_size, settings.gradient_accumulation, settings.gpus) == (4, 8, 8)
-    f = lr_lambda(100, 0.10)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5, abs=0.01) and f(100) == pytest.approx(0.0)
-    assert all(f(i) >= f(i + 1) for i in range(10, 100))
+    f = multipliers(100, 0.10, 130)
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[55] == pytest.approx(0.5, abs=0.01) and f[100] == pytest.approx(0.0)
+    assert all(f[i] >= f[i + 1] for i in range(10, 129))
+    assert max(f[100:]) == 0.0, "past the horizon the rate stays at zero (a bare cosine would rise again)"
+
+
+def multipliers(horizon: int, warmup_ratio: float, steps: int, start: dict | None = None) -> list[float]:
+    """The schedule's multiplier of the initial rate at each step, for both parameter groups."""
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.AdamW([{"params": [params[0]], "lr": 2e-4}, {"params": [params[1]], "lr": 1e-4}])
+    sched = warmup_cosine(opt, horizon, warmup_ratio)
+    out = []
+    for _ in range(steps):
+        main, embed = (g["lr"] / g["initial_lr"] for g in opt.param_groups)
+        assert main == pytest.approx(embed, abs=1e-15), "both groups follow one multiplier"
+        out.append(main)
+        opt.step()
+        sched.step()
+    return out
+
+
+def closed_form(horizon: int, warmup_ratio: float, step: int) -> float:
+    warmup = max(1, round(horizon * warmup_ratio))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, horizon - warmup))))
+
+
+@pytest.mark.parametrize("horizon,ratio", [(100, 0.1), (1000, 0.03), (7, 0.5), (3, 0.1), (1, 0.1)])
+def test_schedule_is_warmup_then_cosine_to_zero(horizon, ratio):
+    got = multipliers(horizon, ratio, horizon + 20)
+    assert got == pytest.approx([closed_form(horizon, ratio, s) for s in range(horizon + 20)], abs=1e-12)
+
+
+def test_schedule_resumes_bit_for_bit_from_its_state():
+    def run(stop_at=None, state=None):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=1e-3)
+        sched = warmup_cosine(opt, 50, 0.1)
+        start = 0
+        if state:
+            opt.load_state_dict(state[0])
+            sched.load_state_dict(state[1])
+            start = state[2]
+        rates = []
+        for step in range(start, 60):
+            if step == stop_at:
+                return copy.deepcopy((opt.state_dict(), sched.state_dict(), step))
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return rates
+
+    full = run()
+    for stop in (0, 3, 4, 5, 30, 50, 55):
+        assert run(state=run(stop_at=stop)) == full[stop:], f"resumed at step {stop}"
+
+
+def test_the_trainers_parts_work_one_by_one_in_process(tmp_path, cache, monkeypatch):
+    """Set-up, a step, a checkpoint, an interrupted step and close, each called on its own; a
+    second Trainer resumed from the checkpoint takes the same next step as the first one."""
+    from spark_pipeline.training.trainer import Trainer
+
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    monkeypatch.delenv("DAGSTER_PIPES_CONTEXT", raising=False)
+    settings = _settings()
+    base = base_model_folder(settings, tmp_path / "storage")
+
+    def trainer(run, resume=""):
+        return Trainer(settings, run_dir=tmp_path / run, cache=cache, base_model=base, lineage={"mixture_hash": "m"},
+                       resume=resume)
+
+    first = trainer("a")
+    assert (first.step, first.rows_consumed, first.rows_per_step) == (0, 0, 2)
+    assert first.horizon == len(first.data) // 2 and first.max_steps == 6
+    one = first.train_step()
+    assert not one.interrupted and first.step == 1 and first.rows_consumed == 2
+    assert math.isfinite(one.metrics["train/loss"]) and one.metrics["train/grad_norm"] > 0
+    assert one.metrics["train/learning_rate"] == pytest.approx(5e-3 * closed_form(first.horizon, 0.1, 1))
+    folder = first.checkpoint()
+    assert folder.name == "checkpoint-1" and json.loads((folder / "trainer_state.json").read_text())["step"] == 1
+    assert json.loads((folder / "lineage.json").read_text())["mixture_hash"] == "m"
+    two = first.train_step()
+    first.stop_signal = "SIGTERM"
+    dropped = first.train_step()
+    assert dropped.interrupted and first.step == 2, "a step cut by a signal is not counted"
+    assert all(p.grad is None for p in first.trainable_params), "and its gradients are gone"
+    assert first.close("SIGTERM") == 0
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["steps"] == 2 and result["exit"] == "SIGTERM" and result["final_checkpoint"] == str(folder)
+
+    second = trainer("b", resume=str(folder))
+    assert (second.step, second.rows_consumed, second.resumed_from) == (1, 2, str(folder))
+    again = second.train_step()
+    assert again.metrics["train/loss"] == two.metrics["train/loss"]
+    assert again.metrics["train/learning_rate"] == two.metrics["train/learning_rate"]
+    assert second.close("finished") == 0
 
 
 def test_health_monitor_nan_and_spikes():
@@ -201,7 +296,7 @@ def _load_state(base_folder, folder, settings):
                          LoraSettings(settings.lora_r, settings.lora_alpha, settings.lora_dropout, settings.use_rslora))
     embed, main = split_parameter_groups(model)
     opt = torch.optim.AdamW([{"params": main}, {"params": embed}], lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10, 0.1))
+    sched = warmup_cosine(opt, 10, 0.1)
     return load_checkpoint(folder, model, opt, sched, rank=1)
 
 
@@ -284,7 +379,7 @@ def test_a_diverging_run_fails_and_its_checkpoints_are_marked_unhealthy(tmp_path
     """A huge learning rate: the first step's loss is finite, its update wrecks the weights.
     The parameter-norm check stops the run, the program exits non-zero, and the checkpoints
     written after the last healthy step carry the UNHEALTHY marker."""
-    from spark_pipeline.training.loop import latest_checkpoint
+    from spark_pipeline.training.trainer import latest_checkpoint
 
     settings = _settings(max_steps=6, save_every_steps=1, learning_rate=1e3)
     run_dir, proc = _start(tmp_path, cache, "diverged", settings)
@@ -413,22 +508,21 @@ def test_chunked_loss_gives_the_plain_loss_and_gradients_incl_lm_head_and_embedd
 
 
 def test_schedule_horizon_is_an_epoch_and_max_steps_only_stops():
-    from spark_pipeline.training.loop import schedule_horizon
-
     hero = TrainingSettings.load("hero")
     rows_per_step = hero.per_device_batch_size * hero.gradient_accumulation * hero.gpus
     epoch_rows = 40_000 * rows_per_step  # an epoch four times longer than the stop step
     horizon = schedule_horizon(hero, epoch_rows, rows_per_step)
     assert horizon == 40_000 and hero.max_steps < horizon
-    f = lr_lambda(horizon, hero.warmup_ratio)
-    assert f(hero.max_steps) > 0.7, "the learning rate at the stop step is not forced towards zero"
-    assert lr_lambda(hero.max_steps, hero.warmup_ratio)(hero.max_steps) == pytest.approx(0.0)
+    assert closed_form(horizon, hero.warmup_ratio, hero.max_steps) > 0.7, \
+        "the learning rate at the stop step is not forced towards zero"
+    assert multipliers(horizon, hero.warmup_ratio, 6)[5] == pytest.approx(closed_form(horizon, hero.warmup_ratio, 5))
+    assert closed_form(hero.max_steps, hero.warmup_ratio, hero.max_steps) == pytest.approx(0.0)
     fixed = TrainingSettings.load("hero", {"schedule_horizon": 12_345})
     assert schedule_horizon(fixed, epoch_rows, rows_per_step) == 12_345
 
 
 def test_flops_per_token_for_the_hero_model():
-    from spark_pipeline.training.loop import flops_per_token
+    from spark_pipeline.training.trainer import flops_per_token
 
     hero = TrainingSettings.load("hero")
     assert flops_per_token(hero.shape, hero.max_length, hero.lora_r) / 1e9 == pytest.approx(37.2, abs=0.05)
@@ -440,7 +534,7 @@ def test_a_complete_checkpoint_is_never_written_again(tmp_path):
     model = add_adapters(build_base_model({**SHAPE, "vocab_size": 300, "pad_token_id": 299, "eos_token_id": 298},
                                           seed=0), LoraSettings(4, 8, 0.0, True))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10, 0.1))
+    sched = warmup_cosine(opt, 10, 0.1)
     folder = save_checkpoint(tmp_path / "emergency-4", model, opt, sched, {"step": 4}, {}, 0, 1)
     first = (folder / "adapter_model.safetensors").stat().st_mtime_ns
     with torch.no_grad():
@@ -449,6 +543,33 @@ def test_a_complete_checkpoint_is_never_written_again(tmp_path):
     assert (folder / "adapter_model.safetensors").stat().st_mtime_ns == first, "kept as it was"
     with pytest.raises(FileExistsError, match="immutable"):
         save_checkpoint(folder, model, opt, sched, {"step": 5}, {}, 0, 1)
+
+
+def test_a_checkpoint_saved_with_the_old_lambda_schedule_resumes_on_the_chain(tmp_path):
+    """Checkpoints written before the schedule became torch's chain of schedulers hold one
+    LambdaLR's state; resuming one replays its steps and continues on the same curve."""
+    from spark_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+
+    def model_and_optimizer():
+        model = add_adapters(build_base_model({**SHAPE, "vocab_size": 300, "pad_token_id": 299, "eos_token_id": 298},
+                                              seed=0), LoraSettings(4, 8, 0.0, True))
+        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    model, opt = model_and_optimizer()
+    old = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: closed_form(20, 0.1, step))
+    for _ in range(7):
+        opt.step()
+        old.step()
+    folder = save_checkpoint(tmp_path / "checkpoint-7", model, opt, old, {"step": 7}, {}, 0, 1)
+    model, opt = model_and_optimizer()
+    chain = warmup_cosine(opt, 20, 0.1)
+    assert load_checkpoint(folder, model, opt, chain, rank=0)["step"] == 7
+    rates = []
+    for _ in range(5):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        chain.step()
+    assert rates == pytest.approx([1e-3 * closed_form(20, 0.1, s) for s in range(7, 12)], abs=1e-15)
 
 
 def test_health_parameter_norm_catches_weights_that_blow_up_with_a_finite_loss():
@@ -479,7 +600,7 @@ def test_the_shutdown_watchdog_leaves_with_the_runs_own_exit_code():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", "from spark_pipeline.training.loop import _exit_after_grace; "
+    done = subprocess.run([sys.executable, "-c", "from spark_pipeline.training.trainer import _exit_after_grace; "
                            "_exit_after_grace(1, 3, 7.0)"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3
     assert "rank 1: shutdown did not finish within 7 s" in done.stderr

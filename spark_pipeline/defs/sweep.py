@@ -24,7 +24,7 @@ from spark_pipeline.plots import embed_png, sparkline_markdown, sweep_plots
 from spark_pipeline.records import atomic_write_json, atomic_write_text, read_json
 from spark_pipeline.sweep.settings import SweepError, SweepSettings, cell_name, effective_scale
 from spark_pipeline.training.launch import base_model_folder
-from spark_pipeline.training.loop import read_metrics
+from spark_pipeline.training.reporter import read_metrics
 from spark_pipeline.training.settings import SettingsError, TrainingSettings
 
 

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +124,18 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int) -> dic
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise RuntimeError(f"{folder}: adapter weights do not fit this model: {unexpected[:5]}")
+    schedule = torch.load(folder / "scheduler.pt", weights_only=False)
+    legacy = "_schedulers" in scheduler.state_dict() and "_schedulers" not in schedule
+    if legacy:
+        # Saved by the single LambdaLR of the schedule's same closed form that came before the
+        # chain of torch schedulers (training/schedule.py): replay its steps on the chain.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            for _ in range(schedule["last_epoch"]):
+                scheduler.step()
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    if not legacy:
+        scheduler.load_state_dict(schedule)
     rng_file = folder / f"rng_state_{rank}.pt"
     if not rng_file.exists():
         rng_file = folder / "rng_state_0.pt"
