@@ -6,8 +6,8 @@ a BM25 baseline measured in the same run.
 
 DIR holds checkouts of the public repositories the labels name (``benchmarks/specmap_labels/``),
 one folder per repository named ``<owner>__<name>`` at the labelled commit; they are never part
-of this project. A datasheet is read from ``--datasheets`` (default: the project's reference
-folder ``../shared/reference`` beside the checkout, when present) or from the checkout of the
+of this project. A datasheet is read from ``--datasheets`` (default: the folder
+``$SPARK_REFERENCE_DIR``, when set) or from the checkout of the
 repository its label names as its source; its sha256 must match the label. Pairs whose
 repository or datasheet is missing are skipped and named.
 
@@ -60,7 +60,7 @@ from spark_pipeline.specmap.pipeline import run_specmap  # noqa: E402
 from spark_pipeline.specmap.repo import ScanLimits, scan_repository  # noqa: E402
 
 LABELS = ROOT / "benchmarks" / "specmap_labels"
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = Path(os.environ.get("SPARK_REFERENCE_DIR", "/nonexistent"))
 MODEL_PATH = ROOT / "spark_pipeline" / "specmap" / "file_model.json"
 LEVELS = ("folder", "file", "symbol")
 KINDS = {".svd": "svd", ".xml": "svd", ".pdf": "pdf", ".md": "markdown", ".txt": "text"}

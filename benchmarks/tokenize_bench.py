@@ -8,7 +8,7 @@ prepared by ``corpus_bench.py``; this script unpacks it the same way when missin
 samples of at most 7,500 characters and written as a training mixture.
 * ours: ``build_cache`` (process pool over all cores, order check, Arrow file, .done);
 * ceiling: ``tokenizers`` ``encode_batch`` with OLMo-3's dolma2 ``tokenizer.json`` from
-  ../shared/reference (skipped with a message when absent);
+  $SPARK_REFERENCE_DIR (skipped with a message when absent);
 * the paper's way: ``datasets.Dataset.map(num_proc=cores)`` with the same ``tokenizers``
   tokenizer (``datasets`` is installed when missing).
 Tokens are counted once (ours and the ceiling give the same ids). Medians of ``--runs``.
@@ -35,7 +35,7 @@ from spark_pipeline.corpus.parquet import MIXTURE_SCHEMA, write_table  # noqa: E
 from spark_pipeline.records import atomic_write_json  # noqa: E402
 from spark_pipeline.tokens.cache import build_cache  # noqa: E402
 
-REAL_TOKENIZER = ROOT.parent / "shared" / "reference" / "dolma2-tokenizer.json"
+REAL_TOKENIZER = Path(os.environ.get("SPARK_REFERENCE_DIR", "/nonexistent")) / "dolma2-tokenizer.json"
 WORK = Path(tempfile.gettempdir()) / "spark_tokenize_bench"
 
 
