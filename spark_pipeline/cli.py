@@ -328,7 +328,27 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--deadline", type=float, default=0, help="give up after this many seconds (0: no limit)")
     up.set_defaults(fn=cmd_upload)
     args = parser.parse_args(argv)
+    if args.command in ("demo", "sweep"):
+        try:
+            check_profile(getattr(args, "config", ""))
+        except ValueError as exc:  # ConfigError and the sections' own errors
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return args.fn(args)
+
+
+def check_profile(sweep_yaml: str = "") -> None:
+    """Every section of the active profile, before anything runs: an unknown key, a wrong
+    type or a value out of range anywhere stops the command with the key and the files."""
+    from spark_pipeline.corpus.settings import CorpusSettings
+    from spark_pipeline.evaluation.settings import EvalSettings
+    from spark_pipeline.release.settings import ReleaseSettings
+    from spark_pipeline.sweep.settings import SweepSettings
+    from spark_pipeline.training.settings import TrainingSettings
+
+    for section in (CorpusSettings, TrainingSettings, EvalSettings, ReleaseSettings):
+        section.load()
+    SweepSettings.load(user_yaml=sweep_yaml)
 
 
 if __name__ == "__main__":

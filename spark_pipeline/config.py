@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from spark_pipeline.schema import ConfigError, Strict, check
 from spark_pipeline.settings import CONFIG_DIR
 
 PROFILE_ENV = "SPARK_PROFILE"
@@ -29,18 +30,37 @@ def _merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+class Profile(Strict):
+    """The sections of a profile; each is checked whole by its own settings model (corpus,
+    training, evaluation, release: their ``load``; the sweep: :mod:`spark_pipeline.sweep.settings`)."""
+
+    corpus: dict
+    training: dict
+    evaluation: dict
+    release: dict = {}
+    sweep: dict = {}
+
+
 @functools.lru_cache(maxsize=8)
 def _load(profile: str) -> dict:
     hero = yaml.safe_load((CONFIG_DIR / "hero.yaml").read_text())
-    if profile == "hero":
-        return hero
-    path = CONFIG_DIR / f"{profile}.yaml"
-    if not path.exists():
-        path = Path(profile).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"configuration profile {profile!r}: neither {CONFIG_DIR / (profile + '.yaml')} "
-                                f"nor a file {path} exists")
-    return _merge(hero, yaml.safe_load(path.read_text()) or {})
+    if profile != "hero":
+        path = CONFIG_DIR / f"{profile}.yaml"
+        if not path.exists():
+            path = Path(profile).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"configuration profile {profile!r} (${PROFILE_ENV}): neither "
+                              f"{CONFIG_DIR / (profile + '.yaml')} nor a file {path} exists; the profiles here are "
+                              f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml') if p.stem != 'sweep'))}")
+        try:
+            overlay = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration profile {path} is not valid YAML: {exc}") from None
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"configuration profile {path} must be a mapping of sections")
+        hero = _merge(hero, overlay)
+    check(Profile, hero, "configuration", " over ".join(str(p) for p in profile_files(profile)))
+    return hero
 
 
 def profile_files(profile: str | None = None) -> list[Path]:

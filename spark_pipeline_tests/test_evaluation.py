@@ -112,8 +112,8 @@ def test_external_models_over_both_protocols_with_cache(tmp_path):
     tok = load_tokenizer()
     samples = _eval_samples(tok)
     with FakeLLM() as server:
-        for spec in (ExternalModel("qwen", "openai", "qwen3-coder", f"{server.url}/v1"),
-                     ExternalModel("claude", "anthropic", "claude-opus", server.url)):
+        for spec in (ExternalModel(name="qwen", provider="openai", model="qwen3-coder", base_url=f"{server.url}/v1"),
+                     ExternalModel(name="claude", provider="anthropic", model="claude-opus", base_url=server.url)):
             rows, records, usage = evaluate_external(spec, samples, tok, 16, 5, 0.75, tmp_path / spec.name)
             by = {(r["split"], r["category"]): r for r in rows}
             assert set(by) == {("in_domain", "general"), ("in_domain", "all"), ("held_out", "crypto"),
@@ -126,8 +126,8 @@ def test_external_models_over_both_protocols_with_cache(tmp_path):
             acc = [r["token_accuracy"] for r in records if r["split"] == "in_domain"]
             assert by[("in_domain", "all")]["gen_token_accuracy"] == pytest.approx(sum(acc) / len(acc))
         seen = len(server.requests)
-        _, _, again = evaluate_external(ExternalModel("qwen", "openai", "qwen3-coder", f"{server.url}/v1"), samples, tok,
-                                     16, 5, 0.75, tmp_path / "qwen")
+        qwen = ExternalModel(name="qwen", provider="openai", model="qwen3-coder", base_url=f"{server.url}/v1")
+        _, _, again = evaluate_external(qwen, samples, tok, 16, 5, 0.75, tmp_path / "qwen")
         assert len(server.requests) == seen and again["cached_calls"] == 3, "re-runs cost nothing"
     assert server.requests[0]["body"]["messages"][0]["role"] == "system"
 
@@ -139,7 +139,8 @@ def test_external_model_errors_are_counted_per_request(tmp_path):
 
     tok = load_tokenizer()
     with FakeLLM(mode="server_error") as server:
-        spec = ExternalModel("down", "openai", "m", f"{server.url}/v1", max_retries=1, backoff_s=0.01)
+        spec = ExternalModel(name="down", provider="openai", model="m", base_url=f"{server.url}/v1", max_retries=1,
+                             backoff_s=0.01)
         rows, records, usage = evaluate_external(spec, _eval_samples(tok), tok, 16, 5, 0.75, tmp_path)
     by = {(r["split"], r["category"]): r for r in rows}
     assert by[("in_domain", "all")]["gen_errors"] == 2 and by[("in_domain", "all")]["gen_samples"] == 0
@@ -274,7 +275,9 @@ def test_intervals_wilson_bleu_and_paired_bootstrap():
 def test_summary_rows_carry_intervals_and_flag_a_regression_against_the_base():
     from spark_pipeline.evaluation.evaluate import EvalSettings, summarise
 
-    settings = EvalSettings(0.75, 8, 0, 2, 4, 2.0, min_samples_per_category=10, bootstrap_resamples=300)
+    settings = EvalSettings(split_fraction=0.75, max_new_tokens=8, max_samples_per_category=0,
+                            generation_samples_per_category=2, batch_size=4, outlier_factor=2.0,
+                            min_samples_per_category=10, bootstrap_resamples=300)
 
     def recs(model, nll_per_token):
         return [{"model": model, "split": "in_domain", "category": "crypto", "sample_id": f"s{i}", "tokens": 50,

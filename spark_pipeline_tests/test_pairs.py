@@ -39,14 +39,18 @@ def test_manifest_reports_every_problem_naming_pair_and_field(tmp_path):
         sample_entry(id="url", repository={"url": "file:///nowhere.git"}),
         sample_entry(id="both", repository={"url": "file:///x.git", "path": "."}),
         sample_entry(id="held", held_out="yes"),
+        {**sample_entry(id="typo"), "held_ot": True},
+        {**sample_entry(id="typo2"), "repositry": {"path": "."}},
     ])
     with pytest.raises(ManifestError) as info:
         load_manifest(manifest)
     text = str(info.value)
-    for expected in ["'Bad Id'", "pair 'dup': duplicate id", "pair 'cat': domain_category 'toasters'",
+    for expected in ["'Bad Id'", "pair 'dup': duplicate id", "pair 'cat': domain_category = 'toasters'",
                      "pair 'sheet': datasheet", "does not exist", "pair 'kind': datasheet m.yaml has an unknown type",
-                     "pair 'url': repository.url needs a pinned 'revision'", "pair 'both': repository needs exactly one",
-                     "pair 'held': held_out"]:
+                     "pair 'url': repository.url needs a pinned 'revision'", "pair 'both': repository",
+                     "repository needs exactly one of 'path' or 'url'", "pair 'held': held_out = 'yes'",
+                     "pair 'typo': held_ot: unknown key (did you mean held_out?)",
+                     "pair 'typo2': repositry: unknown key (did you mean repository?)"]:
         assert expected in text, expected
 
 
@@ -136,7 +140,7 @@ def test_a_bad_manifest_entry_blocks_only_itself(tmp_path, storage):
     assert all(f.reason == "invalid_manifest_entry" for f in failures.values())
     assert "nowhere is not a folder" in failures["no_repo"].message
     assert "missing.pdf does not exist" in failures["no_sheet"].message
-    assert "'toasters' is not one of" in failures["odd_category"].message
+    assert "domain_category = 'toasters' (str): expected 'linux_kernel'" in failures["odd_category"].message
 
 
 def test_pairs_command_says_which_pairs_are_not_partitions_yet(capsys):

@@ -107,7 +107,7 @@ def test_sweep_settings_overlay_and_errors_name_the_key_and_file(tmp_path):
         SweepSettings.load("hero", str(bad))
     text = str(err.value)
     assert str(bad) in text and "sampler" in text and "'mlp' is not in target_sets" in text
-    assert "space.lora_r" in text and "unknown training setting(s) ['warmup']" in text
+    assert "space.lora_r" in text and "training.warmup: unknown key (did you mean warmup_ratio?)" in text
 
 
 def _grid_settings(tmp_path, **extra) -> SweepSettings:
@@ -255,6 +255,6 @@ def test_sweep_command_says_what_is_wrong_with_a_settings_file_before_running_an
     bad.write_text(yaml.safe_dump({"sampler": "bayes"}))
     assert main(["sweep", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "sampler = 'bayes': expected one of grid, tpe, gp" in err and str(bad) in err
+    assert "sampler = 'bayes' (str): expected 'grid', 'tpe' or 'gp'" in err and str(bad) in err
     assert "profile demo's sweep section" in err
     assert not (tmp_path / "storage" / "sweep").exists(), "nothing ran"

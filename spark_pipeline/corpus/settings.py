@@ -4,30 +4,29 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from typing import Annotated, Literal
 
-from spark_pipeline.config import load_config
+from pydantic import Field
+
+from spark_pipeline.config import load_config, profile_files
+from spark_pipeline.schema import Strict, check, dotted
 
 #: Text per worker below which another process does not pay (corpus_bench: chunking runs at
 #: about 75 MB/s, cleaning at about 20 MB/s per core; a process pool costs about a second).
 BYTES_PER_WORKER = 16 * 1024 * 1024
 
 
-def _build(cls, values: dict):
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown setting(s) {sorted(unknown)}")
-    return cls(**values)
+Count = Annotated[int, Field(ge=1)]
+Share = Annotated[int | float, Field(ge=0, le=1)]
+Ratio = Annotated[int | float, Field(gt=0)]
 
 
-@dataclass(frozen=True)
-class ChunkingSettings:
-    workers: int
+class ChunkingSettings(Strict):
+    workers: Count
     """Parallel chunking workers (paper: 16), capped by the machine's cores."""
-    max_chars: int
+    max_chars: Count
     """Largest sample in characters (paper: 7,500, "about 2,048 tokens at 3.5 chars/token")."""
-    min_chars: int
+    min_chars: Annotated[int, Field(ge=0)]
     """Chunks shorter than this are dropped with a reason (paper: 50)."""
 
     def effective_workers(self) -> int:
@@ -41,37 +40,35 @@ class ChunkingSettings:
         return max(1, min(self.effective_workers(), work_bytes // BYTES_PER_WORKER))
 
 
-@dataclass(frozen=True)
-class CleaningSettings:
-    separator_min_run: int
+class CleaningSettings(Strict):
+    separator_min_run: Count
     """A line that is only a run of ``- = * _`` this long or longer is a separator (paper: 10)."""
-    repeat_min_run: int
+    repeat_min_run: Annotated[int, Field(ge=2)]
     """A character repeated this many times or more ... (paper: 10)"""
-    repeat_keep: int
+    repeat_keep: Count
     """... is reduced to this many (paper: 3)."""
-    tab_width: int
+    tab_width: Count
     """Tabs become this many spaces (paper: 4)."""
-    max_garbage_ratio: float
+    max_garbage_ratio: Share
     """Reject a sample whose garbage share after cleaning exceeds this (paper: 0.70)."""
-    min_prose_words: int
+    min_prose_words: Annotated[int, Field(ge=0)]
     """A sample without code indicators is kept only with this many words of prose (paper: 20)."""
 
 
-@dataclass(frozen=True)
-class MixtureSettings:
-    max_tokens: int
+class MixtureSettings(Strict):
+    max_tokens: Count
     """Each sample is cut to this many tokens (paper: 2,048) ..."""
-    chars_per_token: float
+    chars_per_token: Ratio
     """... counted at this many characters per token (paper: 4)."""
-    estimate_chars_per_token: float
+    estimate_chars_per_token: Ratio
     """Characters per token for the token estimates in the statistics (paper: 3.5)."""
-    eos: str
+    eos: Annotated[str, Field(min_length=1)]
     """Appended to every sample (paper: ``<|endoftext|>``)."""
-    recipe: str
+    recipe: Literal["domain_only", "domain_general"]
     """``domain_only`` (the paper's final run) or ``domain_general`` (the mixture sweep)."""
-    general_fraction: float
+    general_fraction: Share
     """Share of general C samples in a ``domain_general`` mixture (sweep: 0.10–0.50)."""
-    shard_rows: int
+    shard_rows: Count
     """Rows per Parquet shard of the mixture."""
 
     @property
@@ -79,25 +76,23 @@ class MixtureSettings:
         return int(self.max_tokens * self.chars_per_token)
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    in_domain_samples: int
+class EvalSettings(Strict):
+    in_domain_samples: Annotated[int, Field(ge=0)]
     """Size of the in-domain set, stratified over categories (paper: 2,270)."""
-    tail_shards: int
+    tail_shards: Count
     """Drawn from the last this-many Parquet shards of each category (paper: 2)."""
-    category_shard_rows: int
+    category_shard_rows: Count
     """Rows of one per-category shard, which fixes what "the last two shards" are."""
-    max_fraction: float
+    max_fraction: Share
     """At most this share of a category goes to evaluation."""
-    minhash_threshold: float
+    minhash_threshold: Annotated[int | float, Field(gt=0, le=1)]
     """Jaccard similarity (5-word shingles) above which a training sample is a near-duplicate."""
-    minhash_permutations: int
+    minhash_permutations: Count
     drop_contaminated: bool
     """Drop training samples that duplicate an evaluation sample (exactly or nearly)."""
 
 
-@dataclass(frozen=True)
-class CorpusSettings:
+class CorpusSettings(Strict):
     chunking: ChunkingSettings
     cleaning: CleaningSettings
     mixture: MixtureSettings
@@ -105,8 +100,9 @@ class CorpusSettings:
 
     @classmethod
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> CorpusSettings:
+        """The profile's ``corpus`` section, with ``overrides`` ({section: {key: value}}) on top."""
         cfg = load_config(profile)["corpus"]
         for section, values in (overrides or {}).items():
-            cfg[section].update(values)
-        return cls(_build(ChunkingSettings, cfg["chunking"]), _build(CleaningSettings, cfg["cleaning"]),
-                   _build(MixtureSettings, cfg["mixture"]), _build(EvalSettings, cfg["eval"]))
+            cfg.setdefault(section, {}).update(values)
+        where = " over ".join(str(p) for p in profile_files(profile))
+        return check(cls, cfg, "corpus settings", where, dotted("corpus"))

@@ -291,12 +291,12 @@ def reevaluation_schedule(context: dg.ScheduleEvaluationContext):
 )
 def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     from spark_pipeline.evaluation.evaluate import load_eval_samples
-    from spark_pipeline.evaluation.external import ExternalModel, evaluate_external
+    from spark_pipeline.evaluation.external import evaluate_external
     from spark_pipeline.tokens.tokenizer import load_tokenizer
 
     ev = EvalSettings.load(spark_config.name())
     settings = TrainingSettings.load(spark_config.name())
-    specs = [ExternalModel(**dict(m)) for m in ev.external_models]
+    specs = list(ev.external_models)
     out = storage.path("evaluation", "external")
     if not specs:
         context.log.info("no external models configured (evaluation.external_models): nothing to evaluate")

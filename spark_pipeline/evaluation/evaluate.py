@@ -27,7 +27,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spark_pipeline.config import load_config
 from spark_pipeline.evaluation import stats
 from spark_pipeline.evaluation.metrics import (
     exact_match,
@@ -45,6 +43,7 @@ from spark_pipeline.evaluation.metrics import (
     split_at,
     token_accuracy,
 )
+from spark_pipeline.evaluation.settings import EvalSettings
 from spark_pipeline.records import sha256_file
 from spark_pipeline.tokens.tokenizer import load_tokenizer
 from spark_pipeline.training.checkpoint import adapter_digest
@@ -54,27 +53,6 @@ Progress = Callable[[str], None]
 
 class EvaluationError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    split_fraction: float
-    max_new_tokens: int
-    max_samples_per_category: int
-    generation_samples_per_category: int
-    batch_size: int
-    outlier_factor: float
-    min_samples_per_category: int = 200
-    bootstrap_resamples: int = 1000
-    external_models: tuple = ()
-    code_regression: tuple = ()
-
-    @classmethod
-    def load(cls, profile: str | None = None, overrides: dict | None = None) -> EvalSettings:
-        values = {**load_config(profile)["evaluation"], **(overrides or {})}
-        values["external_models"] = tuple(tuple(sorted(m.items())) for m in values.get("external_models") or [])
-        values["code_regression"] = tuple(sorted((values.get("code_regression") or {}).items()))
-        return cls(**values)
 
 
 def load_eval_samples(eval_dir: Path, tokenizer, max_length: int, per_category: int = 0) -> list[dict]:

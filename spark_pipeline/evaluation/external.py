@@ -13,31 +13,15 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from spark_pipeline.evaluation.metrics import exact_match, split_at, token_accuracy
-from spark_pipeline.llm import ChatClient, JudgeError, LLMConfig, Usage
+from spark_pipeline.evaluation.settings import ExternalModel
+from spark_pipeline.llm import ChatClient, JudgeError, Usage
 
 SYSTEM = ("You complete source code. Reply with the exact continuation of the given code only: no explanation, "
           "no markdown, no repetition of the given part.")
 _FENCE = re.compile(r"^```[\w+-]*\n?|\n?```\s*$")
-
-
-@dataclass
-class ExternalModel:
-    name: str
-    provider: str
-    model: str
-    base_url: str = ""
-    api_key_env: str = ""
-    max_retries: int = 5
-    backoff_s: float = 1.0
-
-    def config(self, max_tokens: int) -> LLMConfig:
-        return LLMConfig(provider=self.provider, model=self.model, base_url=self.base_url,
-                         api_key_env=self.api_key_env, max_tokens=max_tokens, max_retries=self.max_retries,
-                         backoff_s=self.backoff_s)
 
 
 def evaluate_external(spec: ExternalModel, samples: list[dict], tokenizer, max_new_tokens: int,
@@ -85,7 +69,9 @@ def evaluate_external(spec: ExternalModel, samples: list[dict], tokenizer, max_n
             "token_accuracy": token_accuracy(generated, reference), "exact_match": exact_match(generated, reference),
             "bleu4": stats.corpus_bleu_from(bleu_stats[None, :]), "bleu_stats": bleu_stats.tolist(),
             "compiles": None, "memorized_longest": None})
-    settings = settings or EvalSettings(split_fraction, max_new_tokens, 0, per_category, 1, 2.0)
+    settings = settings or EvalSettings(split_fraction=split_fraction, max_new_tokens=max_new_tokens,
+                                        max_samples_per_category=0, generation_samples_per_category=per_category,
+                                        batch_size=1, outlier_factor=2.0)
     rows = summarise(records, settings)
     nan = float("nan")
     for row in rows:  # a chat API gives no log-probabilities: no perplexity, no teacher forcing

@@ -23,12 +23,12 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from spark_pipeline.records import atomic_write_json, atomic_write_text, sha256_file
+from spark_pipeline.release.settings import ReleaseSettings
 from spark_pipeline.training.model import EMBEDDING_MODULES
 
 SUMS = "SHA256SUMS"
@@ -38,38 +38,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 class ReleaseError(RuntimeError):
     """A release cannot be built; the message says what is missing."""
-
-
-@dataclass
-class ReleaseSettings:
-    dtype: str = "bfloat16"
-    """The merged weights' dtype (the base model's own)."""
-    merge_dtype: str = "float32"
-    """Base + adapter are added in this dtype, then cast: at 7B, 28 GB of host memory."""
-    max_shard_size: str = "5GB"
-    license: str = "apache-2.0"
-    """OLMo-3's licence; a release of it carries the same."""
-    model_name: str = "spark-cpt"
-    verify_samples: int = 8
-    """Evaluation samples whose logits compare merged with base + adapter."""
-    serving_ppl_samples: int = 64
-    """In-domain samples for the cost of leaving out the embedding adapters."""
-    serving_max_tokens: int = 2048
-    """Each of those samples cut to this many tokens."""
-    upload: str = ""
-    """gs://bucket/prefix to copy the release to; empty: nothing is uploaded."""
-
-    @classmethod
-    def load(cls, profile: str | None = None) -> ReleaseSettings:
-        from spark_pipeline.config import load_config
-
-        values = load_config(profile).get("release") or {}
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ReleaseError(f"unknown release setting(s) {unknown} (known: {sorted(cls.__dataclass_fields__)})")
-        if values.get("dtype", "bfloat16") not in ("bfloat16", "float16", "float32"):
-            raise ReleaseError(f"release.dtype = {values['dtype']!r}: expected bfloat16, float16 or float32")
-        return cls(**values)
 
 
 def adapter_parameters(adapter_file: Path) -> dict[str, int]:
@@ -258,7 +226,7 @@ def build_release(checkpoint: Path, key: str, out: Path, base_model: Path, setti
             "merged": {**merged, "dtype": settings.dtype, "merge_dtype": settings.merge_dtype,
                        "max_shard_size": settings.max_shard_size, "verification": verification},
             "serving_adapter": {"left_out": dropped, "cost": cost},
-            "tokens_seen": trainer_state.get("tokens_seen"), "settings": vars(settings)}
+            "tokens_seen": trainer_state.get("tokens_seen"), "settings": settings.model_dump()}
     evaluation = tmp / "evaluation"
     evaluation.mkdir()
     for f in card_inputs.get("eval_files", []):  # the checkpoint's whole evaluation table, every metric

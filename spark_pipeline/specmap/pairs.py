@@ -29,8 +29,13 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from spark_pipeline.schema import Strict, dotted
+from spark_pipeline.schema import problems as schema_problems
 
 #: The paper's 13 domain categories (§3.4, Table 2 and Figure 1).
 DOMAIN_CATEGORIES: tuple[str, ...] = (
@@ -54,6 +59,36 @@ DATASHEET_KINDS = {".pdf": "pdf", ".md": "markdown", ".markdown": "markdown", ".
 
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _REV_RE = re.compile(r"^[0-9A-Za-z._/-]{1,100}$")
+
+
+class RepositoryRef(Strict):
+    path: Annotated[str, Field(min_length=1)] | None = None
+    """A local folder, relative to the manifest ..."""
+    url: Annotated[str, Field(min_length=1)] | None = None
+    """... or a git URL, with a pinned ``revision``."""
+    revision: str | int | None = None
+    """A commit, tag or branch (YAML reads an all-digit hash as a number: it is taken as text)."""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.path) == bool(self.url):
+            raise ValueError("repository needs exactly one of 'path' or 'url'")
+        return self
+
+
+class ManifestEntry(Strict):
+    """One pair of the manifest; an unknown key (``held_ot``) is an error, not a default."""
+
+    id: Annotated[str, Field(pattern=_ID_RE.pattern)]
+    repository: RepositoryRef
+    datasheets: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]],
+                                                               Field(min_length=1)]
+    manufacturer: str = "unknown"
+    component_category: str = "unknown"
+    component_class: str = "unknown"
+    domain_category: Literal[DOMAIN_CATEGORIES]  # type: ignore[valid-type]
+    held_out: bool = False
+    """true: evaluation only, never trained on."""
 
 
 class ManifestError(ValueError):
@@ -140,49 +175,36 @@ def read_manifest(path: Path) -> tuple[list[Pair], list[tuple[str, str]]]:
     pairs: list[Pair] = []
     seen: set[str] = set()
     for index, entry in enumerate(raw["pairs"]):
-        where = f"pairs[{index}]"
-        if not isinstance(entry, dict):
-            problems.append((where, f"{where}: must be a mapping"))
+        pid = entry.get("id") if isinstance(entry, dict) else None
+        where = f"pair {pid!r}" if isinstance(pid, str) and _ID_RE.match(pid) else f"pairs[{index}]"
+        try:
+            e = ManifestEntry.model_validate(entry)
+        except ValidationError as exc:
+            for line in schema_problems(exc, ManifestEntry, dotted()):
+                problems.append((where, f"{where}: {line}"))
             continue
-        pid = entry.get("id")
-        if not isinstance(pid, str) or not _ID_RE.match(pid):
-            problems.append((where, f"{where}: id {pid!r} must match {_ID_RE.pattern}"))
-            continue
-        where = f"pair {pid!r}"
-        if pid in seen:
+        if e.id in seen:
             problems.append((where, f"{where}: duplicate id"))
             continue
-        seen.add(pid)
+        seen.add(e.id)
         before = len(problems)
-        repo = entry.get("repository")
-        repo_path = repo_url = revision = None
-        if not isinstance(repo, dict) or bool(repo.get("path")) == bool(repo.get("url")):
-            problems.append((where, f"{where}: repository needs exactly one of 'path' or 'url'"))
+        repo_path = repo_url = None
+        revision = None if e.repository.revision is None else str(e.repository.revision)
+        if revision is not None and (not _REV_RE.match(revision) or revision.startswith("-")):
+            problems.append((where, f"{where}: repository.revision {revision!r} is not a git revision"))
+        if e.repository.path:
+            repo_path = (base / e.repository.path).resolve()
+            if not repo_path.is_dir():
+                problems.append((where, f"{where}: repository.path {repo_path} is not a folder"))
         else:
-            revision = repo.get("revision")
-            if revision is not None:
-                revision = str(revision)
-                if not _REV_RE.match(revision) or revision.startswith("-"):
-                    problems.append((where, f"{where}: repository.revision {revision!r} is not a git revision"))
-            if repo.get("path"):
-                repo_path = (base / str(repo["path"])).resolve()
-                if not repo_path.is_dir():
-                    problems.append((where, f"{where}: repository.path {repo_path} is not a folder"))
-            else:
-                repo_url = str(repo["url"])
-                if repo_url.startswith("-"):
-                    problems.append((where, f"{where}: repository.url {repo_url!r} is not a URL"))
-                if not revision:
-                    problems.append((where, f"{where}: repository.url needs a pinned 'revision'"))
-        sheets = entry.get("datasheets")
+            repo_url = e.repository.url
+            if repo_url.startswith("-"):
+                problems.append((where, f"{where}: repository.url {repo_url!r} is not a URL"))
+            if not revision:
+                problems.append((where, f"{where}: repository.url needs a pinned 'revision'"))
         datasheets: list[Datasheet] = []
-        if isinstance(sheets, str):
-            sheets = [sheets]
-        if not isinstance(sheets, list) or not sheets:
-            problems.append((where, f"{where}: datasheets must list at least one file"))
-            sheets = []
-        for sheet in sheets:
-            sheet_path = (base / str(sheet)).resolve()
+        for sheet in [e.datasheets] if isinstance(e.datasheets, str) else e.datasheets:
+            sheet_path = (base / sheet).resolve()
             kind = DATASHEET_KINDS.get(sheet_path.suffix.lower())
             if kind is None:
                 problems.append((where, f"{where}: datasheet {sheet_path.name} has an unknown type "
@@ -191,21 +213,11 @@ def read_manifest(path: Path) -> tuple[list[Pair], list[tuple[str, str]]]:
                 problems.append((where, f"{where}: datasheet {sheet_path} does not exist"))
             else:
                 datasheets.append(Datasheet(sheet_path, kind))
-        category = entry.get("domain_category")
-        if category not in DOMAIN_CATEGORIES:
-            problems.append((where, f"{where}: domain_category {category!r} is not one of "
-                             f"{', '.join(DOMAIN_CATEGORIES)}"))
-        held_out = entry.get("held_out", False)
-        if not isinstance(held_out, bool):
-            problems.append((where, f"{where}: held_out must be true or false"))
         if len(problems) == before:
             pairs.append(Pair(
-                id=pid, repo_path=repo_path, repo_url=repo_url, revision=revision,
-                datasheets=tuple(datasheets),
-                manufacturer=str(entry.get("manufacturer", "unknown")),
-                component_category=str(entry.get("component_category", "unknown")),
-                component_class=str(entry.get("component_class", "unknown")),
-                domain_category=category, held_out=held_out,
+                id=e.id, repo_path=repo_path, repo_url=repo_url, revision=revision, datasheets=tuple(datasheets),
+                manufacturer=e.manufacturer, component_category=e.component_category,
+                component_class=e.component_class, domain_category=e.domain_category, held_out=e.held_out,
             ))
     return pairs, problems
 

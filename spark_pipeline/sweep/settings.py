@@ -5,40 +5,104 @@ Every value is checked before a trial starts; an error names the key and the fil
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from spark_pipeline.config import _merge, active_profile, load_config
+from spark_pipeline.schema import ConfigError, Strict, dotted, problems
 from spark_pipeline.settings import CONFIG_DIR
+from spark_pipeline.training.model import LORA_TARGETS
 
 SAMPLERS = ("grid", "tpe", "gp")
 OBJECTIVES = ("final_loss", "min_loss")
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep setting is missing, of the wrong type or out of range; the message names it."""
 
 
-@dataclass
-class SweepSettings:
-    study: str
-    sampler: str
-    trials: int
-    seeds: list[int]
-    max_steps: int
-    objective: str
-    objective_window: int
-    init_loss_step: int
-    space: dict
+class Prune(Strict):
+    non_finite: bool = True
+    """Any non-finite loss or a diverged run prunes the configuration."""
+    max_grad_norm_spikes: Annotated[int, Field(ge=0)] | None = None
+    """More grad-norm spikes than this in any seed prunes it; none: no limit."""
+
+
+class Range(Strict):
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"expected low < high, got {self.low} and {self.high}")
+        return self
+
+
+def _fixed_training() -> type[Strict]:
+    """Any subset of the training settings, each of its own type (Table 6's fixed values)."""
+    from spark_pipeline.training.settings import TrainingSettings
+
+    return create_model("FixedTraining", __base__=Strict, **{
+        name: (field.annotation | None, None) for name, field in TrainingSettings.model_fields.items()})
+
+
+_FixedTraining = _fixed_training()
+
+
+def _space_problems(values: dict) -> list[str]:
+    """What the types alone cannot say of the search space (read from the raw values, so that
+    these come with every other problem in one message)."""
+    from spark_pipeline.training.settings import TrainingSettings
+
+    problems = []
+    space = values.get("space") if isinstance(values.get("space"), dict) else {}
+    target_sets = values.get("target_sets") if isinstance(values.get("target_sets"), dict) else {}
+    sampler = values.get("sampler")
+    if sampler in ("tpe", "gp") and values.get("trials") == 0:
+        problems.append("trials = 0: expected a number of trials > 0 for tpe and gp")
+    for axis, levels in space.items():
+        if axis not in set(TrainingSettings.model_fields) | {"targets"}:
+            problems.append(f"space.{axis}: not a training setting (nor `targets`)")
+        if isinstance(levels, dict) and sampler == "grid":
+            problems.append(f"space.{axis} = {levels!r}: a grid needs a list of levels")
+        elif isinstance(levels, list) and len(set(map(repr, levels))) != len(levels):
+            problems.append(f"space.{axis} = {levels!r}: expected distinct levels")
+    targets = space.get("targets")
+    for level in targets if isinstance(targets, list) else []:
+        if level not in target_sets:
+            problems.append(f"space.targets: {level!r} is not in target_sets ({sorted(target_sets)})")
+    return problems
+
+
+class SweepSettings(Strict):
+    study: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]
+    sampler: Literal[SAMPLERS]  # type: ignore[valid-type]
+    trials: Annotated[int, Field(ge=0)]
+    seeds: Annotated[list[int], Field(min_length=1)]
+    max_steps: Annotated[int, Field(ge=1)]
+    objective: Literal[OBJECTIVES]  # type: ignore[valid-type]
+    objective_window: Annotated[int, Field(ge=1)]
+    init_loss_step: Annotated[int, Field(ge=1)]
+    space: Annotated[dict[str, Annotated[list, Field(min_length=1)] | Range], Field(min_length=1)]
     """axis -> list of levels (categorical) or {low, high, log} (a range, tpe/gp only)."""
-    target_sets: dict
-    alpha_per_rank: float
-    training: dict
+    target_sets: dict[str, Annotated[list[Literal[LORA_TARGETS]], Field(min_length=1)]]  # type: ignore[valid-type]
+    alpha_per_rank: Annotated[int | float, Field(gt=0)]
+    training: _FixedTraining
     """Training settings held fixed across trials (Table 6), over the profile's."""
-    prune: dict
-    sources: list[str]
+    prune: Prune
+    sources: list[str] = []
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("expected distinct seeds")
+        return seeds
 
     @classmethod
     def load(cls, profile: str | None = None, user_yaml: str = "") -> SweepSettings:
@@ -55,64 +119,21 @@ class SweepSettings:
             files.append(path)
             values = _merge(values, yaml.safe_load(path.read_text()) or {})
         where = " over ".join(str(f) for f in reversed(files))
-        known = {f.name for f in fields(cls)} - {"sources"}
-        unknown = sorted(set(values) - known)
-        missing = sorted(known - set(values))
-        if unknown or missing:
-            raise SweepError(f"sweep settings in {where}: " + "; ".join(
-                ([f"unknown key(s) {unknown}"] if unknown else []) + ([f"missing key(s) {missing}"] if missing else [])))
-        settings = cls(**values, sources=[str(f) for f in files])
-        settings.validate(where)
+        if not isinstance(values, dict) or "sources" in values:
+            raise SweepError(f"sweep settings in {where}: expected a mapping of sweep settings")
+        try:
+            settings = cls.model_validate({**values, "sources": [str(f) for f in files]})
+            lines = []
+        except ValidationError as exc:
+            settings, lines = None, problems(exc, cls, dotted())
+        lines += _space_problems(values)
+        if lines:
+            raise SweepError(f"sweep settings in {where}:\n  - " + "\n  - ".join(lines))
         return settings
 
-    def validate(self, where: str) -> None:
-        from spark_pipeline.training.settings import TrainingSettings
-
-        problems = []
-
-        def need(ok: bool, key: str, what: str):
-            if not ok:
-                problems.append(f"  - {key} = {getattr(self, key.split('.')[0], None)!r}: expected {what}")
-
-        need(isinstance(self.study, str) and self.study.replace("-", "").replace("_", "").isalnum(), "study",
-             "a name of letters, digits, - and _")
-        need(self.sampler in SAMPLERS, "sampler", f"one of {', '.join(SAMPLERS)}")
-        need(isinstance(self.trials, int) and self.trials >= 0, "trials", "an integer >= 0")
-        need(self.sampler == "grid" or self.trials > 0, "trials", "a number of trials > 0 for tpe and gp")
-        need(isinstance(self.seeds, list) and len(self.seeds) >= 1 and all(isinstance(s, int) for s in self.seeds)
-             and len(set(self.seeds)) == len(self.seeds), "seeds", "a list of distinct integers")
-        need(isinstance(self.max_steps, int) and self.max_steps >= 1, "max_steps", "an integer >= 1")
-        need(self.objective in OBJECTIVES, "objective", f"one of {', '.join(OBJECTIVES)}")
-        need(isinstance(self.objective_window, int) and self.objective_window >= 1, "objective_window",
-             "an integer >= 1")
-        need(isinstance(self.init_loss_step, int) and self.init_loss_step >= 1, "init_loss_step", "an integer >= 1")
-        need(isinstance(self.alpha_per_rank, int | float) and self.alpha_per_rank > 0, "alpha_per_rank", "a number > 0")
-        need(isinstance(self.space, dict) and len(self.space) >= 1, "space", "a mapping of axes")
-        training_fields = {f.name for f in fields(TrainingSettings)}
-        for axis, levels in (self.space or {}).items():
-            if axis not in training_fields | {"targets"}:
-                problems.append(f"  - space.{axis}: not a training setting (nor `targets`)")
-            if isinstance(levels, list):
-                if not levels or len(set(map(repr, levels))) != len(levels):
-                    problems.append(f"  - space.{axis} = {levels!r}: expected a non-empty list of distinct levels")
-            elif isinstance(levels, dict):
-                if self.sampler == "grid":
-                    problems.append(f"  - space.{axis} = {levels!r}: a grid needs a list of levels")
-                elif not (set(levels) <= {"low", "high", "log"} and {"low", "high"} <= set(levels)
-                          and levels["low"] < levels["high"]):
-                    problems.append(f"  - space.{axis} = {levels!r}: expected {{low, high, log}} with low < high")
-            else:
-                problems.append(f"  - space.{axis} = {levels!r}: expected a list of levels or {{low, high, log}}")
-        for level in (self.space or {}).get("targets", []) if isinstance(self.space.get("targets"), list) else []:
-            if level not in (self.target_sets or {}):
-                problems.append(f"  - space.targets: {level!r} is not in target_sets ({sorted(self.target_sets)})")
-        unknown = sorted(set(self.training or {}) - training_fields)
-        if unknown:
-            problems.append(f"  - training: unknown training setting(s) {unknown}")
-        if not isinstance(self.prune, dict) or not set(self.prune) <= {"non_finite", "max_grad_norm_spikes"}:
-            problems.append(f"  - prune = {self.prune!r}: expected non_finite and max_grad_norm_spikes")
-        if problems:
-            raise SweepError(f"sweep settings in {where}:\n" + "\n".join(problems))
+    def fixed_training(self) -> dict:
+        """The training settings the sweep holds fixed, as given (unset ones left out)."""
+        return self.training.model_dump(exclude_unset=True)
 
     @property
     def axes(self) -> list[str]:
@@ -125,7 +146,7 @@ class SweepSettings:
 
     def training_overrides(self, params: dict, seed: int) -> dict:
         """The training settings one run of a configuration gets, over the profile's."""
-        out = dict(self.training)
+        out = self.fixed_training()
         for axis, value in params.items():
             if axis == "targets":
                 out["lora_target_modules"] = list(self.target_sets[value])

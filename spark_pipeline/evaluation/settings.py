@@ -1,0 +1,66 @@
+"""Evaluation settings: the profile's ``evaluation`` section (the paper's values in
+``configs/hero.yaml``, §6.4–6.8), checked whole (:mod:`spark_pipeline.schema`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from spark_pipeline.config import load_config, profile_files
+from spark_pipeline.llm import LLMConfig
+from spark_pipeline.schema import Strict, check, dotted
+
+Count = Annotated[int, Field(ge=1)]
+Size = Annotated[int, Field(ge=0)]
+
+
+class ExternalModel(Strict):
+    """An external baseline behind a chat API (§6.6)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    provider: Literal["openai", "anthropic"]
+    """``openai``: the OpenAI chat protocol (vLLM serves it); ``anthropic``: Anthropic's messages API."""
+    model: Annotated[str, Field(min_length=1)]
+    base_url: str = ""
+    api_key_env: str = ""
+    """The environment variable that holds the API key (never the key itself)."""
+    max_retries: Size = 5
+    backoff_s: Annotated[int | float, Field(ge=0)] = 1.0
+
+    def config(self, max_tokens: int) -> LLMConfig:
+        return LLMConfig(provider=self.provider, model=self.model, base_url=self.base_url,
+                         api_key_env=self.api_key_env, max_tokens=max_tokens, max_retries=self.max_retries,
+                         backoff_s=self.backoff_s)
+
+
+class CodeRegression(Strict):
+    """§6.8: general C++ problems (FullStackBench AutoEval JSONL); empty ``problems``: the bundled ones."""
+
+    problems: str = ""
+    max_new_tokens: Count = 512
+    time_limit_s: Annotated[int | float, Field(gt=0)] = 10
+    memory_mb: Count = 1024
+
+
+class EvalSettings(Strict):
+    split_fraction: Annotated[int | float, Field(gt=0, lt=1)]
+    """The prefix's share of a sample; the rest is scored (paper: 0.75)."""
+    max_new_tokens: Count
+    max_samples_per_category: Size
+    """0: every evaluation sample (perplexity, teacher forcing)."""
+    generation_samples_per_category: Size
+    batch_size: Count
+    outlier_factor: Annotated[int | float, Field(gt=1)]
+    """A checkpoint whose perplexity is this far from its neighbours' is an outlier."""
+    min_samples_per_category: Size = 200
+    bootstrap_resamples: Count = 1000
+    external_models: tuple[ExternalModel, ...] = ()
+    code_regression: CodeRegression = CodeRegression()
+
+    @classmethod
+    def load(cls, profile: str | None = None, overrides: dict | None = None) -> EvalSettings:
+        values = {**load_config(profile)["evaluation"], **(overrides or {})}
+        values["external_models"] = tuple(values.get("external_models") or ())
+        where = " over ".join(str(p) for p in profile_files(profile))
+        return check(cls, values, "evaluation settings", where, dotted("evaluation"))
