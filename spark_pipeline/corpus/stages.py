@@ -117,9 +117,9 @@ def current_samples(root: Path) -> tuple[dict, list[dict], list[dict], dict, dic
     current mapping count (:func:`stale_reason`); none at all raises :class:`CorpusInputError`."""
     from spark_pipeline.corpus.parquet import read_rows
     from spark_pipeline.records import sha256_file
-    from spark_pipeline.specmap.pairs import read_registry
+    from spark_pipeline.specmap.pairs import current_registry
 
-    registry = read_registry(root)
+    registry = current_registry(root)
     domain, held_out, versions, skipped = [], [], {}, {}
     for pair_id in registry["order"]:
         reason = stale_reason(root, pair_id, registry)
@@ -134,3 +134,18 @@ def current_samples(root: Path) -> tuple[dict, list[dict], list[dict], dict, dic
         raise CorpusInputError("no pair has current quality_samples: "
                                + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return registry, domain, held_out, versions, skipped
+
+
+def check_pairs_manifest(root: Path, recorded: str | None, built: str, again: str) -> dict:
+    """The current registry, when ``built`` (an asset's output, which recorded the registry's
+    ``entries_digest`` it was built from as ``recorded``) still matches the manifest in use;
+    otherwise :class:`~spark_pipeline.specmap.pairs.ManifestChanged` saying what to
+    materialize ``again``. A held-out pair never reaches training through a stale output."""
+    from spark_pipeline.specmap.pairs import ManifestChanged, current_registry
+
+    registry = current_registry(root)
+    if recorded != registry.get("entries_digest"):
+        raise ManifestChanged(f"{built} was built from " + ("an earlier pairs manifest" if recorded else
+                              "a pairs manifest it did not record") + f" than {registry.get('manifest')}: "
+                              f"materialize {again}")
+    return registry

@@ -22,6 +22,7 @@ from spark_pipeline.corpus.parquet import (
 from spark_pipeline.corpus.settings import CorpusSettings
 from spark_pipeline.corpus.stages import (
     CorpusInputError,
+    check_pairs_manifest,
     chunk_rows,
     current_samples,
     reason_counts,
@@ -158,12 +159,12 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
 )
 def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     settings = _settings(spark_config)
-    _, domain, held_out, versions, skipped = _ordered_samples(storage, context.log)
+    registry, domain, held_out, versions, skipped = _ordered_samples(storage, context.log)
     ev = settings.eval
     in_domain, in_dups = deduplicate(select_in_domain(domain, ev), ev.minhash_threshold, ev.minhash_permutations)
     held_out, out_dups = deduplicate(held_out, ev.minhash_threshold, ev.minhash_permutations)
     out = storage.path("corpus", "eval")
-    lineage = {"quality_samples": versions}
+    lineage = {"quality_samples": versions, "pairs_manifest": registry["entries_digest"]}
     rows_in = [{"split": "in_domain", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in in_domain]
     rows_out = [{"split": "held_out", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in held_out]
     h_in = write_table(out / "in_domain.parquet", rows_in, EVAL_SCHEMA, lineage)
@@ -174,7 +175,7 @@ def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_co
     for split, rows in (("in_domain", rows_in), ("held_out", rows_out)):
         for r in rows:
             per_category.setdefault(r["category"], {"in_domain": 0, "held_out": 0})[split] += 1
-    summary = {"in_domain": len(rows_in), "held_out": len(rows_out), "sha256": {"in_domain": h_in, "held_out": h_out},
+    summary = {"pairs_manifest": registry["entries_digest"], "in_domain": len(rows_in), "held_out": len(rows_out), "sha256": {"in_domain": h_in, "held_out": h_out},
                "duplicates_dropped": {"in_domain": len(in_dups), "held_out": len(out_dups)},
                "skipped_pairs": skipped, "per_category": dict(sorted(per_category.items())), "lineage": lineage}
     atomic_write_json(out / "eval.json", summary)
@@ -220,7 +221,7 @@ class MixtureConfig(dg.Config):
 def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, storage: SparkStorage,
                      spark_config: SparkConfig):
     settings = _settings(spark_config)
-    _, domain, _, versions, skipped = _ordered_samples(storage, context.log)
+    registry, domain, _, versions, skipped = _ordered_samples(storage, context.log)
     eval_dir = storage.path("corpus", "eval")
     if not (eval_dir / "eval.json").exists():
         raise dg.Failure(f"no evaluation sets at {eval_dir}: materialize eval_sets first")
@@ -236,7 +237,13 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
     except ValueError as exc:
         raise dg.Failure(str(exc)) from exc
     eval_summary = read_json(eval_dir / "eval.json")
-    lineage = {"quality_samples": versions, "eval_sets": eval_summary.get("sha256", {})}
+    try:
+        check_pairs_manifest(storage.path(), eval_summary.get("pairs_manifest"), f"the evaluation sets at {eval_dir}",
+                             "eval_sets")
+    except PairError as exc:
+        raise dg.Failure(str(exc)) from exc
+    lineage = {"quality_samples": versions, "eval_sets": eval_summary.get("sha256", {}),
+               "pairs_manifest": registry["entries_digest"]}
     manifest = write_mixture(storage.path("corpus", "mixture"), result, settings, lineage, recipe)
     if manifest["recipe"]["general_fraction_requested"] and \
             manifest["recipe"]["general_fraction_achieved"] < manifest["recipe"]["general_fraction_requested"] - 0.01:

@@ -112,6 +112,21 @@ def _table_metadata(rows: list[dict]) -> dg.MetadataValue:
     return table_metadata(table_cells(rows), TABLE_COLUMNS)
 
 
+def _current_eval_sets(storage: SparkStorage) -> Path:
+    """The evaluation sets' folder, when they were built from the pairs manifest in use."""
+    from spark_pipeline.corpus.stages import check_pairs_manifest
+    from spark_pipeline.records import read_json
+    from spark_pipeline.specmap.pairs import PairError
+
+    eval_dir = storage.path("corpus", "eval")
+    try:
+        check_pairs_manifest(storage.path(), read_json(eval_dir / "eval.json").get("pairs_manifest"),
+                             f"the evaluation sets at {eval_dir}", "eval_sets")
+    except PairError as exc:
+        raise dg.Failure(str(exc)) from exc
+    return eval_dir
+
+
 @stage_asset(
     "evaluation",
     kinds={'pytorch', 'parquet'},
@@ -130,6 +145,7 @@ def _table_metadata(rows: list[dict]) -> dg.MetadataValue:
 )
 def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     key = context.partition_key
+    eval_dir = _current_eval_sets(storage)
     path = _checkpoint_path(storage, key)
     settings = TrainingSettings.load(spark_config.name())
     ev = EvalSettings.load(spark_config.name())
@@ -139,7 +155,7 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     out = storage.path("evaluation", key)
     try:
         rows, records, sanity = evaluate_checkpoint(
-            path, base_model_folder(settings, storage.path()), storage.path("corpus", "eval"), tokenizer,
+            path, base_model_folder(settings, storage.path()), eval_dir, tokenizer,
             settings.max_length, ev, key, cache_dir=storage.path("evaluation", "_base"), context=code_context,
             dtype=settings.dtype, progress=context.log.info)
     except EvaluationError as exc:
@@ -304,7 +320,7 @@ def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage,
         return dg.MaterializeResult(metadata={"models": 0})
     tokenizer = load_tokenizer(tokenizer_name(settings.tokenizer, settings, storage.path()))
     try:
-        samples = load_eval_samples(storage.path("corpus", "eval"), tokenizer, settings.max_length,
+        samples = load_eval_samples(_current_eval_sets(storage), tokenizer, settings.max_length,
                                     ev.max_samples_per_category)
     except EvaluationError as exc:
         raise dg.Failure(str(exc)) from exc

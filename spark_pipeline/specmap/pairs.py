@@ -377,12 +377,85 @@ def prepare_pairs(manifest: Path, storage: Path, log=None) -> Registry:
             atomic_write_json(path, record)
         records[pair.id] = record
         versions[pair.id] = version
+    from spark_pipeline.records import sha256_file
+
+    entries = manifest_entries(pairs)
     registry = {"manifest": str(manifest), "order": list(records), "versions": versions,
                 "held_out": [pid for pid, r in records.items() if r["held_out"]],
-                "categories": {pid: r["domain_category"] for pid, r in records.items()}}
+                "categories": {pid: r["domain_category"] for pid, r in records.items()},
+                "manifest_sha256": sha256_file(Path(manifest)), "entries": entries,
+                "entries_digest": _digest(entries)}
     if _read_json(registry_path(storage)) != registry:
         atomic_write_json(registry_path(storage), registry)
     return Registry(Path(manifest), records, failures, versions)
+
+
+class ManifestChanged(PairError):
+    """The pairs manifest in use is not the one the pairs were registered from; the message
+    names the changed pairs and what to materialize again."""
+
+
+def _digest(value) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def manifest_entries(pairs: list[Pair]) -> dict[str, dict]:
+    """Per pair: what its manifest entry says that the stages use (the held-out flag and the
+    category by name, everything else as one digest)."""
+    out = {}
+    for p in pairs:
+        d = asdict(p)
+        d["repo_path"] = str(p.repo_path) if p.repo_path else None
+        d["datasheets"] = [[str(x.path), x.kind] for x in p.datasheets]
+        out[p.id] = {"held_out": p.held_out, "domain_category": p.domain_category, "digest": _digest(d)}
+    return out
+
+
+def manifest_changes(registry: dict, pair_id: str | None = None) -> list[str]:
+    """How the manifest the registry was built from differs now (of one pair, or of all):
+    nothing when its bytes are the same or only comments and layout changed."""
+    from spark_pipeline.records import sha256_file
+
+    path = Path(registry.get("manifest", ""))
+    if not path.is_file():
+        return [f"the manifest {path} is gone"]
+    if sha256_file(path) == registry.get("manifest_sha256"):
+        return []
+    try:
+        now = manifest_entries(read_manifest(path)[0])
+    except ManifestError as exc:
+        return [str(exc)]
+    before = registry.get("entries")
+    if before is None:
+        return ["the registry predates manifest tracking"]
+    changes = []
+    for pid in sorted(set(now) | set(before)) if pair_id is None else [pair_id]:
+        a, b = before.get(pid), now.get(pid)
+        if a == b:
+            continue
+        if a is None:
+            changes.append(f"pair {pid!r} is new")
+        elif b is None:
+            changes.append(f"pair {pid!r} is no longer in it (or its entry is now invalid)")
+        else:
+            details = [f"{k} {a[k]!r} -> {b[k]!r}" for k in ("held_out", "domain_category") if a[k] != b[k]]
+            changes.append(f"pair {pid!r}: " + (", ".join(details) or "its repository or datasheets changed"))
+    return changes
+
+
+def current_registry(storage: Path, pair_id: str | None = None) -> dict:
+    """The registry, when the manifest it was built from still says the same (of one pair, or
+    of all); otherwise :class:`ManifestChanged` naming the changes."""
+    registry = read_registry(storage)
+    changes = manifest_changes(registry, pair_id)
+    if changes:
+        raise ManifestChanged(
+            f"the pairs manifest {registry.get('manifest')} changed since repo_datasheet_pairs last read it: "
+            + "; ".join(changes) + ". Materialize repo_datasheet_pairs, then specmap_mappings, section_chunks and "
+            "quality_samples of the changed pairs, then eval_sets and training_mixture")
+    return registry
 
 
 def registry_path(storage: Path) -> Path:
@@ -407,7 +480,9 @@ def _read_json(path: Path) -> dict:
 
 
 def load_resolved(storage: Path, pair_id: str) -> ResolvedPair:
-    """The resolved pair from its record; a clear error when the pair was never registered."""
+    """The resolved pair from its record; a clear error when the pair was never registered or
+    its manifest entry changed since."""
+    current_registry(storage, pair_id)
     path = record_path(storage, pair_id)
     record = _read_json(path)
     if not record:

@@ -85,7 +85,17 @@ def current_inputs(root: Path, settings: TrainingSettings, dagster_run_id: str =
                           f"max_length {settings.max_length}: materialize tokenized_cache first")
     cache = max(matching, key=lambda c: (c / ".done").stat().st_mtime)
     cache_info = infos[cache]
-    registry = json.loads((root / "pairs" / "registry.json").read_text())
+    from spark_pipeline.corpus.stages import check_pairs_manifest
+    from spark_pipeline.specmap.pairs import PairError
+
+    try:
+        registry = check_pairs_manifest(root, manifest["lineage"].get("pairs_manifest"), "the training mixture",
+                                        "eval_sets, training_mixture and tokenized_cache")
+    except PairError as exc:
+        raise LaunchError(str(exc)) from exc
+    held_out = sorted(set(manifest.get("pairs", {})) & set(registry["held_out"]))
+    if held_out:  # cannot happen through the stages; a hand-made mixture is refused all the same
+        raise LaunchError(f"the training mixture holds samples of held-out pair(s) {held_out}: refusing to train")
     lineage = {"mixture_hash": manifest["mixture_hash"], "tokenized_cache": cache_info["key"],
                "tokenizer": cache_info["tokenizer"],
                # the pair partitions whose samples are in the mixture, with the versions they had
