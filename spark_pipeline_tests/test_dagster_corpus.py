@@ -560,3 +560,80 @@ def _check_release(built, key: str, checkpoint: Path, monkeypatch):
     assert verify_sums(out) == ["merged/config.json"]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["lineage", str(out)]) == 1, "a changed file is reported"
+
+
+def test_held_out_keeps_only_text_no_training_pair_produced(storage, tmp_path):
+    """Two pairs share a datasheet: the SPK32 HAL (trained on) and a fork of it with its
+    functions renamed (held out), as forks of a vendor HAL mapped to one datasheet are. Their
+    sections carry the same datasheet text, so the fork's samples copy or nearly copy the
+    HAL's. Held-out keeps only text no training pair produced (old behaviour: the in-domain
+    and held-out sets shared samples, and the mixture dropped the HAL's own samples as
+    contaminated by its fork)."""
+    import shutil
+
+    from spark_pipeline.corpus.integrity import EvalIndex, exact_key
+    from spark_pipeline.settings import SAMPLE_DIR
+
+    fork = tmp_path / "spk32_fork"
+    shutil.copytree(SAMPLE_DIR / "repos" / "spk32_hal", fork)
+    for source in fork.rglob("*.[ch]"):
+        source.write_text(source.read_text().replace("hal_", "bsp_"))
+    pairs = ["spk32_gpio_uart_hal", "spk32_bsp_fork", "aes128_accelerator"]
+    entries = [sample_entry("spk32_gpio_uart_hal"),
+               sample_entry("spk32_gpio_uart_hal", id="spk32_bsp_fork", repository={"path": str(fork)}, held_out=True),
+               sample_entry("aes128_accelerator")]
+    manifest = write_manifest(tmp_path / "pairs.yaml", entries)
+    with dg.instance_for_test() as instance:
+        def run(selection, partition=None, run_config=None):
+            return dg.materialize(ASSETS, selection=selection, partition_key=partition, instance=instance,
+                                  resources=dagster_resources(storage), run_config=run_config or {})
+
+        run(["repo_datasheet_pairs"], run_config={"ops": {"repo_datasheet_pairs": {"config": {"manifest": str(manifest)}}}})
+        for pair in pairs:
+            run(["specmap_mappings", "section_chunks", "quality_samples"], pair)
+        ev = run(["eval_sets"])
+        mix = run(["training_mixture"])
+
+    eval_dir = storage / "corpus" / "eval"
+    in_domain, held = read_rows(eval_dir / "in_domain.parquet"), read_rows(eval_dir / "held_out.parquet")
+    assert in_domain and held
+    assert not {exact_key(r["text"]) for r in in_domain} & {exact_key(r["text"]) for r in held}, \
+        "no text is in both evaluation sets"
+    index = EvalIndex(held, 0.8)
+    assert not [r["section_id"] for r in in_domain if index.matches(r)], "nor a near copy of one"
+
+    fork_samples = read_rows(storage / "corpus" / "samples" / "spk32_bsp_fork.parquet")
+    training_pair = read_rows(storage / "corpus" / "samples" / "spk32_gpio_uart_hal.parquet")
+
+    def from_training_pair(sample):  # copied, nearly copied or contained by a sample of the HAL
+        one = EvalIndex([sample], 0.8)
+        return any(one.matches(t) for t in training_pair)
+
+    shared_ids = {(r["section_id"], r["chunk_index"]) for r in fork_samples if from_training_pair(r)}
+    assert shared_ids, "the fork's datasheet text is the HAL's"
+    assert not shared_ids & {(r["section_id"], r["chunk_index"]) for r in held if r["pair_id"] == "spk32_bsp_fork"}
+    assert any(r["pair_id"] == "aes128_accelerator" for r in held), "text no training pair produced stays held out"
+
+    meta = ev.asset_materializations_for_node("eval_sets")[0].metadata
+    summary = json.loads((eval_dir / "eval.json").read_text())
+    cases = [d for d in read_rows(eval_dir / "duplicates.parquet") if d["scope"] == "held_out_shared"]
+    assert meta["held_out_shared_with_training_pairs"].value == summary["held_out_shared_with_training_pairs"]["dropped"] \
+        == len(cases) == len(shared_ids)
+    by_kind = meta["held_out_shared_by_kind"].value
+    assert by_kind == {k: summary["held_out_shared_with_training_pairs"][k] for k in ("exact", "near", "contained")}
+    assert by_kind["exact"] > 0 and by_kind["near"] > 0 and sum(by_kind.values()) == len(cases)
+    assert all(d["dropped"].startswith("spk32_bsp_fork:") and d["kept"].startswith("spk32_gpio_uart_hal:")
+               for d in cases)
+    held_dups = summary["duplicates_dropped"]["held_out"]
+    assert len(held) + len(cases) + held_dups == len(fork_samples) + len(
+        read_rows(storage / "corpus" / "samples" / "aes128_accelerator.parquet")), "every held-out sample accounted for"
+
+    # the mixture: no held-out pair trains, and the HAL's samples no longer count as contaminated by its fork
+    assert _checks(mix) == {"rows_end_with_eos": True, "seq_strictly_increasing": True,
+                            "no_eval_sample_in_training": True, "no_duplicate_rows": True,
+                            "manifest_counts_are_true": True}
+    manifest_json = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
+    rows = [r for s in manifest_json["shards"] for r in read_rows(storage / "corpus" / "mixture" / s["file"])]
+    assert {r["pair_id"] for r in rows} == {"spk32_gpio_uart_hal"}
+    assert not [c for c in read_rows(storage / "corpus" / "mixture" / "contamination.parquet")
+                if c["eval_split"] == "held_out"]

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from spark_pipeline.corpus import checks
-from spark_pipeline.corpus.evalsets import select_in_domain
+from spark_pipeline.corpus.evalsets import evaluation_sets, select_in_domain
 from spark_pipeline.corpus.mixture import assemble, general_samples, truncate, write_mixture
 from spark_pipeline.corpus.parquet import read_lineage, read_rows
 from spark_pipeline.corpus.settings import CorpusSettings
@@ -122,6 +122,48 @@ def test_contamination_exact_and_near_duplicates_are_dropped_or_reported():
     keep = CorpusSettings.load("hero", {"eval": {"drop_contaminated": False}})
     reported = assemble(domain, [], eval_rows, keep)
     assert len(reported.contamination) == 1 and [r["chunk_index"] for r in reported.rows] == [0, 2]
+
+
+UART = ("static void uart_send(USART_TypeDef *uart, const char *data, size_t len) { for (size_t i = 0; i < len; i++) "
+        "{ while (!(uart->SR & USART_SR_TXE)) {} uart->DR = (uint8_t)data[i]; } while (!(uart->SR & USART_SR_TC)) "
+        "{} } /* the baud rate register holds the mantissa and the fraction of USARTDIV; the transmitter "
+        "is enabled with TE in control register 1, the receiver with RE, and the whole USART with UE */\n")
+
+
+def test_held_out_drops_text_a_training_pair_produced_and_the_sets_are_disjoint():
+    """A held-out sample that a training pair's sample copies, nearly copies or contains is
+    dropped from held-out, named with the closest such sample; text of its own stays. So no
+    text is in both sets (every in-domain sample is a training pair's)."""
+    settings = CorpusSettings.load("hero", {"eval": {"in_domain_samples": 10, "category_shard_rows": 2,
+                                                     "max_fraction": 1.0}})
+    domain = [_sample("hal", i) for i in range(4)] + [_sample("hal", 4, UART)]
+    held = [_sample("fork", 0, domain[3]["text"]),                     # the same datasheet text
+            _sample("fork", 1, UART.replace("uint8_t", "char")),       # a near copy
+            _sample("fork", 2, UART[: len(UART) * 3 // 5] + "\n"),     # inside a training pair's text
+            _sample("fork", 3)]                                        # its own text
+    sets = evaluation_sets(domain, held, settings.eval)
+    assert [r["chunk_index"] for r in sets.held_out] == [3]
+    assert [(d.kind, d.dropped["chunk_index"], d.kept["chunk_index"]) for d in sets.held_out_shared] == \
+        [("exact", 0, 3), ("near", 1, 4), ("contained", 2, 4)]
+    assert {(r["pair_id"], r["chunk_index"]) for r in sets.in_domain} == {("hal", 2), ("hal", 3), ("hal", 4)}
+    assert not {r["text"] for r in sets.in_domain} & {r["text"] for r in sets.held_out}
+    assert evaluation_sets(domain, held, settings.eval).held_out_shared == sets.held_out_shared, "deterministic"
+    alone = evaluation_sets([], held, settings.eval)
+    assert len(alone.held_out) == 4 and not alone.held_out_shared and not alone.in_domain
+
+
+def test_contamination_check_covers_the_held_out_set():
+    """Training rows copying a held-out text are found like those copying an in-domain one:
+    a domain row that nearly copies it, a general C row that is it."""
+    crc = ("uint32_t crc32(const uint8_t *data, size_t len) { uint32_t crc = 0xFFFFFFFFu; while (len--) { crc ^= "
+           "*data++; for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320u & -(crc & 1u)); } return ~crc; }\n")
+    eval_rows = [{**_sample("held", 0, UART), "split": "held_out"}, {**_sample("held", 1, crc), "split": "held_out"}]
+    domain = [_sample("p", 0, UART.replace("uint8_t", "char"))] + [_sample("p", i) for i in range(1, 4)]
+    general = [_sample("general_pool", 0, crc, category="general")]
+    result = assemble(domain, general, eval_rows, HERO, "domain_general", 0.2)
+    assert sorted((c.kind, c.train["pair_id"], c.evaluation["split"]) for c in result.contamination) == \
+        [("exact", "general_pool", "held_out"), ("near", "p", "held_out")]
+    assert result.dropped_contaminated == 2 and [r["chunk_index"] for r in result.rows] == [1, 2, 3]
 
 
 def test_shards_manifest_and_byte_identical_rewrite(tmp_path):

@@ -5,7 +5,14 @@
   which a stratified, deterministic draw (ordered by sample hash) takes the category's
   quota: ``in_domain_samples`` spread evenly over the categories present, never more than
   ``max_fraction`` of a category. These samples are kept out of training.
-* Held-out: every sample of the pairs flagged ``held_out``; those pairs never reach training.
+* Held-out: the samples of the pairs flagged ``held_out`` (those pairs never reach training)
+  whose text no training pair produced. A held-out sample that a sample of a training pair
+  copies, nearly copies or contains (what the mixture counts as contamination: same
+  normalised text, Jaccard or containment of 5-word shingles at least
+  ``minhash_threshold``) is dropped from held-out and recorded. Pairs that share a
+  datasheet share its text; that text comes from a training pair, so it is no held-out
+  text. Every in-domain sample is a training pair's sample, so the two sets are disjoint
+  by construction.
 * Contamination: a training sample whose text equals an evaluation sample's (hash of the
   whitespace-normalised text), or whose 5-word shingles have a MinHash Jaccard estimate of
   at least ``minhash_threshold`` with one, is reported, and dropped if so configured.
@@ -16,7 +23,9 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 
+from spark_pipeline.corpus.integrity import Contamination, Duplicate, EvalIndex, deduplicate
 from spark_pipeline.corpus.settings import EvalSettings
 
 _WORDS = re.compile(r"\w+")
@@ -42,6 +51,48 @@ def select_in_domain(samples: list[dict], settings: EvalSettings) -> list[dict]:
         chosen.extend(picked)
     order = {id(s): i for i, s in enumerate(samples)}
     return sorted(chosen, key=lambda s: order[id(s)])
+
+
+def _closeness(case: Contamination) -> tuple:
+    return case.kind == "exact", case.jaccard, case.containment
+
+
+def unshared_held_out(held_out: list[dict], domain: list[dict], threshold: float) -> tuple[list[dict], list[Duplicate]]:
+    """The ``held_out`` samples no ``domain`` (training pair) sample copies, nearly copies or
+    contains, in their order; and for each one dropped, a record naming the closest
+    training-pair sample (``kept``)."""
+    if not held_out or not domain:
+        return list(held_out), []
+    index = EvalIndex(held_out, threshold)
+    closest: dict[int, Contamination] = {}
+    for row in domain:
+        for i, case in index.matches(row).items():
+            if i not in closest or _closeness(case) > _closeness(closest[i]):
+                closest[i] = case
+    kept = [row for i, row in enumerate(held_out) if i not in closest]
+    shared = [Duplicate(held_out[i], case.train, case.kind, case.jaccard) for i, case in sorted(closest.items())]
+    return kept, shared
+
+
+@dataclass
+class EvalSets:
+    in_domain: list[dict]
+    held_out: list[dict]
+    in_domain_duplicates: list[Duplicate]
+    held_out_duplicates: list[Duplicate]
+    held_out_shared: list[Duplicate]
+    """Held-out samples dropped because a training pair produced their text."""
+
+
+def evaluation_sets(domain: list[dict], held_out: list[dict], settings: EvalSettings) -> EvalSets:
+    """Both evaluation sets from the training pairs' samples (``domain``, pipeline order) and
+    the held-out pairs' samples: the in-domain draw, held-out without the text training pairs
+    share, then each set without its own duplicates."""
+    threshold, permutations = settings.minhash_threshold, settings.minhash_permutations
+    in_domain, in_dups = deduplicate(select_in_domain(domain, settings), threshold, permutations)
+    unshared, shared = unshared_held_out(held_out, domain, threshold)
+    held, out_dups = deduplicate(unshared, threshold, permutations)
+    return EvalSets(in_domain, held, in_dups, out_dups, shared)
 
 
 def shingles(text: str, n: int = 5) -> set[str]:

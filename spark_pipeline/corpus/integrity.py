@@ -142,12 +142,12 @@ class EvalIndex:
         self.rows = evaluation
         self.threshold = threshold
         self.sizes: list[int] = []
-        self.exact: dict[str, int] = {}
+        self.exact: dict[str, list[int]] = defaultdict(list)
         self.postings: dict[int, list[int]] = defaultdict(list)
         for i, row in enumerate(evaluation):
             sh = shingle_hashes(row["text"])
             self.sizes.append(len(sh))
-            self.exact.setdefault(exact_key(row["text"]), i)
+            self.exact[exact_key(row["text"])].append(i)
             for h in sh:
                 self.postings[h].append(i)
 
@@ -155,25 +155,28 @@ class EvalIndex:
         """The closest evaluation row a training row copies or contains, or None."""
         key = exact_key(row["text"])
         if key in self.exact:
-            return Contamination(row, self.rows[self.exact[key]], "exact", 1.0, 1.0)
+            return Contamination(row, self.rows[self.exact[key][0]], "exact", 1.0, 1.0)
+        return max(self.matches(row).values(), key=lambda c: (c.jaccard, c.containment), default=None)
+
+    def matches(self, row: dict) -> dict[int, Contamination]:
+        """Every evaluation row ``row`` copies, nearly copies or contains, by its position."""
+        found = {i: Contamination(row, self.rows[i], "exact", 1.0, 1.0)
+                 for i in self.exact.get(exact_key(row["text"]), ())}
         sh = shingle_hashes(row["text"])
         shared: dict[int, int] = defaultdict(int)
         for h in sh:
             for i in self.postings.get(h, ()):
                 shared[i] += 1
-        best: Contamination | None = None
         for i, inter in shared.items():
+            if i in found:
+                continue
             j = inter / (len(sh) + self.sizes[i] - inter)
             c = inter / self.sizes[i] if self.sizes[i] else 0.0
             if j >= self.threshold:
-                found = Contamination(row, self.rows[i], "near", j, c)
+                found[i] = Contamination(row, self.rows[i], "near", j, c)
             elif c >= self.threshold:
-                found = Contamination(row, self.rows[i], "contained", j, c)
-            else:
-                continue
-            if best is None or (found.jaccard, found.containment) > (best.jaccard, best.containment):
-                best = found
-        return best
+                found[i] = Contamination(row, self.rows[i], "contained", j, c)
+        return found
 
 
 def lsh_matches(training: list[dict], evaluation: list[dict], threshold: float, permutations: int) -> int:

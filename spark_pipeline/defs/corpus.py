@@ -7,8 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from spark_pipeline.corpus import checks
-from spark_pipeline.corpus.evalsets import select_in_domain
-from spark_pipeline.corpus.integrity import deduplicate
+from spark_pipeline.corpus.evalsets import evaluation_sets
 from spark_pipeline.corpus.mixture import assemble, general_samples, write_mixture
 from spark_pipeline.corpus.parquet import (
     CHUNK_SCHEMA,
@@ -153,36 +152,43 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     kinds={'parquet'},
     deps=["quality_samples"],
     automation_condition=AFTER_UPSTREAM,
-    code_version="1",
+    code_version="2",
     description="§3.4: the in-domain set (stratified per category from the tail of each category's "
-    "shards, kept out of training) and the held-out set (pairs flagged held_out). {storage}/corpus/eval/",
+    "shards, kept out of training) and the held-out set (pairs flagged held_out, without the text a "
+    "training pair also produced: the two sets are disjoint). {storage}/corpus/eval/",
 )
 def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     settings = _settings(spark_config)
     registry, domain, held_out, versions, skipped = _ordered_samples(storage, context.log)
-    ev = settings.eval
-    in_domain, in_dups = deduplicate(select_in_domain(domain, ev), ev.minhash_threshold, ev.minhash_permutations)
-    held_out, out_dups = deduplicate(held_out, ev.minhash_threshold, ev.minhash_permutations)
+    sets = evaluation_sets(domain, held_out, settings.eval)
+    in_dups, out_dups, shared = sets.in_domain_duplicates, sets.held_out_duplicates, sets.held_out_shared
     out = storage.path("corpus", "eval")
     lineage = {"quality_samples": versions, "pairs_manifest": registry["entries_digest"]}
-    rows_in = [{"split": "in_domain", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in in_domain]
-    rows_out = [{"split": "held_out", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in held_out]
+    rows_in = [{"split": "in_domain", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in sets.in_domain]
+    rows_out = [{"split": "held_out", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in sets.held_out]
     h_in = write_table(out / "in_domain.parquet", rows_in, EVAL_SCHEMA, lineage)
     h_out = write_table(out / "held_out.parquet", rows_out, EVAL_SCHEMA, lineage)
     write_table(out / "duplicates.parquet", [d.to_row("in_domain") for d in in_dups]
-                + [d.to_row("held_out") for d in out_dups], DUPLICATE_SCHEMA, lineage)
+                + [d.to_row("held_out") for d in out_dups] + [d.to_row("held_out_shared") for d in shared],
+                DUPLICATE_SCHEMA, lineage)
+    shared_by_kind = {kind: sum(d.kind == kind for d in shared) for kind in ("exact", "near", "contained")}
     per_category: dict[str, dict[str, int]] = {}
     for split, rows in (("in_domain", rows_in), ("held_out", rows_out)):
         for r in rows:
             per_category.setdefault(r["category"], {"in_domain": 0, "held_out": 0})[split] += 1
-    summary = {"pairs_manifest": registry["entries_digest"], "in_domain": len(rows_in), "held_out": len(rows_out), "sha256": {"in_domain": h_in, "held_out": h_out},
+    summary = {"pairs_manifest": registry["entries_digest"], "in_domain": len(rows_in), "held_out": len(rows_out),
+               "sha256": {"in_domain": h_in, "held_out": h_out},
                "duplicates_dropped": {"in_domain": len(in_dups), "held_out": len(out_dups)},
+               "held_out_shared_with_training_pairs": {"dropped": len(shared), **shared_by_kind,
+                                                       "cases": "duplicates.parquet (scope held_out_shared)"},
                "skipped_pairs": skipped, "per_category": dict(sorted(per_category.items())), "lineage": lineage}
     atomic_write_json(out / "eval.json", summary)
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(out / "in_domain.parquet", out / "held_out.parquet"),
                   "in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
                   "duplicates_dropped": dg.MetadataValue.json(summary["duplicates_dropped"]),
+                  "held_out_shared_with_training_pairs": len(shared),
+                  "held_out_shared_by_kind": dg.MetadataValue.json(shared_by_kind),
                   "skipped_pairs": dg.MetadataValue.json(skipped),
                   "per_category": dg.MetadataValue.json(summary["per_category"]),
                   "path": dg.MetadataValue.path(str(out)), "lineage": dg.MetadataValue.json(lineage)},
