@@ -150,6 +150,47 @@ def test_a_pair_added_to_the_manifest_ends_in_a_new_mixture_with_automation_on(b
     assert again.total_requested == 0, "up to date: nothing requested again"
 
 
+def test_a_manifest_edited_after_the_corpus_was_built_stops_every_consumer_until_rebuilt(built, tmp_path):
+    """Flipping ``held_out`` in the manifest used to pass unnoticed: eval_sets and
+    training_mixture read the registry that only repo_datasheet_pairs rewrites, and kept training
+    on the pair the manifest now holds out."""
+    from spark_pipeline.training.launch import LaunchError, current_inputs
+    from spark_pipeline.training.settings import TrainingSettings
+
+    run, storage = built["run"], built["storage"]
+    flipped = {"spk32_gpio_uart_hal": True, "aes128_accelerator": False}
+    manifest = write_manifest(tmp_path / "pairs.yaml",
+                              [sample_entry(p, **({"held_out": flipped[p]} if p in flipped else {})) for p in PAIRS])
+
+    def error(result):
+        return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+
+    for asset in ("eval_sets", "training_mixture"):
+        result = run([asset])
+        assert not result.success, f"{asset} ran on the stale registry"
+        text = error(result)
+        assert "pair 'spk32_gpio_uart_hal': held_out False -> True" in text, text
+        assert "pair 'aes128_accelerator': held_out True -> False" in text and "Materialize repo_datasheet_pairs" in text
+    changed = run(["specmap_mappings"], "spk32_gpio_uart_hal")
+    assert not changed.success and "spk32_gpio_uart_hal" in error(changed)
+    assert run(["specmap_mappings"], "skm6_imu_i2c").success, "an unchanged pair's own stages go on"
+    with pytest.raises(LaunchError, match="changed since repo_datasheet_pairs last read it"):
+        current_inputs(storage, TrainingSettings.load("demo"))
+
+    config = {"ops": {"repo_datasheet_pairs": {"config": {"manifest": str(manifest)}}}}
+    assert run(["repo_datasheet_pairs"], run_config=config).success
+    with pytest.raises(LaunchError, match="the training mixture was built from an earlier pairs manifest"):
+        current_inputs(storage, TrainingSettings.load("demo"))
+    assert not run(["training_mixture"]).success, "the evaluation sets are from the earlier manifest"
+    for pair in flipped:
+        assert run(["specmap_mappings", "section_chunks", "quality_samples"], pair).success
+    assert run(["eval_sets"]).success and run(["training_mixture"]).success
+    mixture = json.loads((storage / "corpus" / "mixture" / "manifest.json").read_text())
+    assert "spk32_gpio_uart_hal" not in mixture["pairs"] and "aes128_accelerator" in mixture["pairs"]
+    held = read_rows(storage / "corpus" / "eval" / "held_out.parquet")
+    assert held and {r["pair_id"] for r in held} == {"spk32_gpio_uart_hal"}
+
+
 def test_mixture_before_eval_sets_says_what_to_do(storage):
     with dg.instance_for_test() as instance:
         result = dg.materialize(ASSETS, selection=["training_mixture"], instance=instance,

@@ -66,6 +66,8 @@ def current_inputs(root: Path, settings: TrainingSettings, dagster_run_id: str =
     """(the tokenized cache of the current mixture under storage ``root``, the lineage a run
     records: mixture, cache, tokenizer, the pair partitions with their versions, the sample and
     evaluation-set versions, the base model's identity)."""
+    from spark_pipeline.corpus.stages import check_pairs_manifest
+    from spark_pipeline.specmap.pairs import PairError
     from spark_pipeline.training.model import base_identity
 
     root = Path(root)
@@ -77,17 +79,6 @@ def current_inputs(root: Path, settings: TrainingSettings, dagster_run_id: str =
                           "(specmap_mappings, section_chunks, quality_samples), eval_sets, training_mixture and "
                           "tokenized_cache first (`spark demo` does all of them)")
     manifest = json.loads(mixture.read_text())
-    infos = {c: json.loads((c / "cache.json").read_text()) for c in caches}
-    matching = [c for c, info in infos.items()
-                if info["mixture_hash"] == manifest["mixture_hash"] and info["max_length"] == settings.max_length]
-    if not matching:
-        raise LaunchError(f"no tokenized cache for the current mixture ({manifest['mixture_hash'][:12]}) at "
-                          f"max_length {settings.max_length}: materialize tokenized_cache first")
-    cache = max(matching, key=lambda c: (c / ".done").stat().st_mtime)
-    cache_info = infos[cache]
-    from spark_pipeline.corpus.stages import check_pairs_manifest
-    from spark_pipeline.specmap.pairs import PairError
-
     try:
         registry = check_pairs_manifest(root, manifest["lineage"].get("pairs_manifest"), "the training mixture",
                                         "eval_sets, training_mixture and tokenized_cache")
@@ -96,6 +87,14 @@ def current_inputs(root: Path, settings: TrainingSettings, dagster_run_id: str =
     held_out = sorted(set(manifest.get("pairs", {})) & set(registry["held_out"]))
     if held_out:  # cannot happen through the stages; a hand-made mixture is refused all the same
         raise LaunchError(f"the training mixture holds samples of held-out pair(s) {held_out}: refusing to train")
+    infos = {c: json.loads((c / "cache.json").read_text()) for c in caches}
+    matching = [c for c, info in infos.items()
+                if info["mixture_hash"] == manifest["mixture_hash"] and info["max_length"] == settings.max_length]
+    if not matching:
+        raise LaunchError(f"no tokenized cache for the current mixture ({manifest['mixture_hash'][:12]}) at "
+                          f"max_length {settings.max_length}: materialize tokenized_cache first")
+    cache = max(matching, key=lambda c: (c / ".done").stat().st_mtime)
+    cache_info = infos[cache]
     lineage = {"mixture_hash": manifest["mixture_hash"], "tokenized_cache": cache_info["key"],
                "tokenizer": cache_info["tokenizer"],
                # the pair partitions whose samples are in the mixture, with the versions they had
