@@ -100,9 +100,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if failures is None or failures:
             return 1
     print("sweep: trials, then the analysis")
-    trials = {"sweep": args.config, "max_trials": args.max_trials}
+    trials = {"sweep": args.config or None, "max_trials": args.max_trials or None}
     ok = run(["sweep_trials", "sweep_analysis"], run_config={"ops": {
-        "sweep_trials": {"config": trials}, "sweep_analysis": {"config": {"sweep": args.config}}}})
+        "sweep_trials": {"config": trials}, "sweep_analysis": {"config": {"sweep": args.config or None}}}})
     folder = storage / "sweep" / sweep.study
     if ok and (folder / "analysis.json").exists():
         analysis = json.loads((folder / "analysis.json").read_text())

@@ -1,6 +1,7 @@
 """Corpus assets: ``section_chunks``, ``quality_samples`` (per pair), ``eval_sets`` and
 ``training_mixture`` (over all pairs)."""
 
+from enum import Enum
 from pathlib import Path
 
 import dagster as dg
@@ -196,11 +197,16 @@ def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_co
     )
 
 
+class Recipe(Enum):
+    domain_only = "domain_only"
+    domain_general = "domain_general"
+
+
 class MixtureConfig(dg.Config):
-    recipe: str = Field(default="", description="domain_only | domain_general; empty: the profile's")
-    general_fraction: float = Field(default=-1.0, description="share of general C (0.1-0.5 in the paper's "
-                                    "sweep); negative: the profile's")
-    general_pool: str = Field(default="", description="folder of general C; empty: the bundled sample pool")
+    recipe: Recipe | None = Field(default=None, description="domain_only | domain_general; unset: the profile's")
+    general_fraction: float | None = Field(default=None, ge=0.0, le=1.0, description="share of general C (0.1-0.5 "
+                                           "in the paper's sweep); unset: the profile's")
+    general_pool: str | None = Field(default=None, description="folder of general C; unset: the bundled sample pool")
 
 
 @stage_asset(
@@ -232,8 +238,8 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
     if not (eval_dir / "eval.json").exists():
         raise dg.Failure(f"no evaluation sets at {eval_dir}: materialize eval_sets first")
     eval_rows = read_rows(eval_dir / "in_domain.parquet") + read_rows(eval_dir / "held_out.parquet")
-    recipe = config.recipe or settings.mixture.recipe
-    fraction = config.general_fraction if config.general_fraction >= 0 else settings.mixture.general_fraction
+    recipe = config.recipe.value if config.recipe else settings.mixture.recipe
+    fraction = settings.mixture.general_fraction if config.general_fraction is None else config.general_fraction
     general = []
     if recipe == "domain_general":
         pool = Path(config.general_pool) if config.general_pool else SAMPLE_DIR / "general_c"

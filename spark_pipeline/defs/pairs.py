@@ -16,8 +16,8 @@ PAIR_PARTITIONS_NOTE = (" Partitions: the pairs `repo_datasheet_pairs` registere
 
 
 class PairsConfig(dg.Config):
-    manifest: str = Field(default="", description="Pairs manifest (YAML); empty means "
-                          "$SPARK_PAIRS_MANIFEST or the bundled sample")
+    manifest: str | None = Field(default=None, description="Pairs manifest (YAML); unset: "
+                                 "$SPARK_PAIRS_MANIFEST or the bundled sample")
 
 
 def manifest_path(config: PairsConfig) -> Path:

@@ -15,8 +15,9 @@ from spark_pipeline.training.settings import TrainingSettings
 
 
 class ReleaseConfig(dg.Config):
-    upload: str = Field(default="", description="gs://bucket/prefix to copy the release to; empty: the profile's "
-                        "release.upload, else $SPARK_RELEASE_URL, else nothing is uploaded")
+    upload: str | None = Field(default=None, pattern=r"^gs://.+", description="gs://bucket/prefix to copy the "
+                               "release to; unset: the profile's release.upload, else $SPARK_RELEASE_URL, else "
+                               "nothing is uploaded")
 
 
 @stage_asset(

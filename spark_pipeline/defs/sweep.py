@@ -29,15 +29,15 @@ from spark_pipeline.training.settings import SettingsError, TrainingSettings
 
 
 class SweepConfig(dg.Config):
-    sweep: str = Field(default="", description="a YAML file overlaying configs/sweep.yaml (and the profile's "
-                       "sweep section); empty: those alone")
-    max_trials: int = Field(default=0, description="stop after this many trials in this run (0: until the study "
-                            "is done); the next materialization continues")
+    sweep: str | None = Field(default=None, description="a YAML file overlaying configs/sweep.yaml (and the "
+                              "profile's sweep section); unset: those alone")
+    max_trials: int | None = Field(default=None, ge=1, description="stop after this many trials in this run "
+                                   "(unset: until the study is done); the next materialization continues")
 
 
-def _settings(spark_config: SparkConfig, config_file: str) -> SweepSettings:
+def _settings(spark_config: SparkConfig, config_file: str | None) -> SweepSettings:
     try:
-        return SweepSettings.load(spark_config.name(), config_file)
+        return SweepSettings.load(spark_config.name(), config_file or "")
     except SweepError as exc:
         raise dg.Failure(str(exc)) from exc
 
@@ -131,7 +131,7 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
         atomic_write_json(summary_file, summary)
         return summary
 
-    finished = run_study(study, sweep, train, max_trials=config.max_trials, log=context.log.info)
+    finished = run_study(study, sweep, train, max_trials=config.max_trials or 0, log=context.log.info)
     runs = study_runs(study, sweep)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{**{k: r.get(k) for k in RUN_COLUMNS},
@@ -140,7 +140,7 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
     if rows:
         pq.write_table(pa.Table.from_pylist(rows), folder / "runs.parquet")
     atomic_write_json(folder / "study.json", {"study": sweep.study, "storage": shown_url,
-                                              "sampler": sweep.sampler, "space": sweep.space, "seeds": sweep.seeds,
+                                              "sampler": sweep.sampler, "space": sweep.space_as_data(), "seeds": sweep.seeds,
                                               "objective": sweep.objective, "sources": sweep.sources,
                                               "alpha_per_rank": sweep.alpha_per_rank})
     states = dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))

@@ -131,6 +131,10 @@ class SweepSettings(Strict):
             raise SweepError(f"sweep settings in {where}:\n  - " + "\n  - ".join(lines))
         return settings
 
+    def space_as_data(self) -> dict:
+        """The space as plain lists and {low, high, log} mappings (JSON, the study's attributes)."""
+        return self.model_dump()["space"]
+
     def fixed_training(self) -> dict:
         """The training settings the sweep holds fixed, as given (unset ones left out)."""
         return self.training.model_dump(exclude_unset=True)

@@ -77,7 +77,7 @@ def open_study(settings: SweepSettings, url: str):
                "gp": lambda: optuna.samplers.GPSampler(seed=seed)}[settings.sampler]()
     study = optuna.create_study(study_name=settings.study, storage=storage, direction="minimize", sampler=sampler,
                                 load_if_exists=True)
-    study.set_user_attr("space", {k: v for k, v in settings.space.items()})
+    study.set_user_attr("space", settings.space_as_data())
     study.set_user_attr("seeds", settings.seeds)
     study.set_user_attr("objective", settings.objective)
     return study
@@ -137,11 +137,10 @@ def suggest(trial, settings: SweepSettings) -> dict:
     for axis, levels in settings.space.items():
         if isinstance(levels, list):
             params[axis] = trial.suggest_categorical(axis, levels)
-        elif all(isinstance(levels[k], int) for k in ("low", "high")):
-            params[axis] = trial.suggest_int(axis, levels["low"], levels["high"], log=bool(levels.get("log")))
+        elif isinstance(levels.low, int) and isinstance(levels.high, int):  # a Range
+            params[axis] = trial.suggest_int(axis, levels.low, levels.high, log=levels.log)
         else:
-            params[axis] = trial.suggest_float(axis, float(levels["low"]), float(levels["high"]),
-                                               log=bool(levels.get("log")))
+            params[axis] = trial.suggest_float(axis, float(levels.low), float(levels.high), log=levels.log)
     return params
 
 
@@ -151,11 +150,12 @@ class Outcome:
     runs: list[dict] = field(default_factory=list)
 
 
-def unstable(run: dict, prune: dict) -> str:
-    """Why a run counts as unstable under the prune rules ('' when it does not)."""
-    if prune.get("non_finite", True) and (run.get("non_finite") or run.get("diverged")):
+def unstable(run: dict, prune) -> str:
+    """Why a run counts as unstable under the prune rules (:class:`~.settings.Prune`; '' when
+    it does not)."""
+    if prune.non_finite and (run.get("non_finite") or run.get("diverged")):
         return f"seed {run['seed']}: " + ("diverged" if run.get("diverged") else f"{run['non_finite']} non-finite losses")
-    limit = prune.get("max_grad_norm_spikes")
+    limit = prune.max_grad_norm_spikes
     if limit is not None and (run.get("grad_norm_spikes") or 0) > limit:
         return f"seed {run['seed']}: {run['grad_norm_spikes']} grad-norm spikes (more than {limit})"
     return ""
