@@ -41,8 +41,16 @@ class Profile(Strict):
     sweep: dict = {}
 
 
-@functools.lru_cache(maxsize=8)
 def _load(profile: str) -> dict:
+    """The checked profile, read again whenever one of its files changed (a code server that
+    stays up sees an edited profile)."""
+    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else (str(p), 0, 0)
+                  for p in profile_files(profile))
+    return _load_files(profile, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_files(profile: str, stamp: tuple) -> dict:
     hero = yaml.safe_load((CONFIG_DIR / "hero.yaml").read_text())
     if profile != "hero":
         path = CONFIG_DIR / f"{profile}.yaml"

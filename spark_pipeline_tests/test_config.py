@@ -85,3 +85,16 @@ def test_the_cli_refuses_a_bad_or_missing_profile_before_running_anything(tmp_pa
     assert main(["demo"]) == 2
     assert "did you mean max_steps?" in capsys.readouterr().err
     assert not (tmp_path / "storage" / "pairs").exists(), "nothing ran"
+
+
+def test_an_edited_profile_is_read_again(tmp_path):
+    """The profile used to be cached by its name: a code server that stayed up kept the old
+    values after the file was edited (and a fixed typo kept failing)."""
+    import os
+
+    profile = _profile(tmp_path, {"training": {"max_steps": 3}})
+    assert TrainingSettings.load(profile).max_steps == 3
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump({"training": {"max_steps": 40}}))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert TrainingSettings.load(profile).max_steps == 40
