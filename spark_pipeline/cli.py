@@ -37,6 +37,12 @@ def _runner(instance):
     import dagster as dg
 
     from spark_pipeline.definitions import DEMO_JOBS, defs
+    from spark_pipeline.defs.monitoring import PROCESS_TAG, reclaim_dead_runs
+    from spark_pipeline.liveness import this_process
+
+    for line in reclaim_dead_runs(instance):  # an earlier `spark sweep` killed mid-trial holds the gpu pool
+        print(f"note: {line}")
+    tags = {"spark/source": "demo", PROCESS_TAG: json.dumps(this_process())}
 
     def run(selection: list[str], partition: str | None = None, run_config: dict | None = None) -> bool:
         label = ", ".join(selection) + (f" [{partition}]" if partition else "")
@@ -45,12 +51,12 @@ def _runner(instance):
         config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(run_config or {})}
         if job:
             result = defs.resolve_job_def(job).execute_in_process(
-                instance=instance, partition_key=partition, raise_on_error=False, tags={"spark/source": "demo"},
+                instance=instance, partition_key=partition, raise_on_error=False, tags=tags,
                 run_config=config)
         else:
             result = dg.materialize(list(defs.assets), selection=selection, partition_key=partition,
                                     instance=instance, resources=defs.resources, raise_on_error=False,
-                                    tags={"spark/source": "demo"}, run_config=config)
+                                    tags=tags, run_config=config)
         print(f"  {'ok  ' if result.success else 'FAIL'} {label} ({time.perf_counter() - t0:.1f} s)")
         if not result.success:
             for line in failure_lines(result.all_events):

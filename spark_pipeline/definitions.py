@@ -15,6 +15,7 @@ from spark_pipeline.defs.evaluation import (
     new_checkpoints_sensor,
     reevaluation_schedule,
 )
+from spark_pipeline.defs.monitoring import dead_runs_sensor
 from spark_pipeline.defs.pairs import (
     new_pairs_sensor,
     pairs_partitions,
@@ -67,7 +68,7 @@ defs = dg.Definitions(
             evaluation_report, release, sweep_trials, sweep_analysis],
     jobs=[specmap_job, pair_job, pairs_job, eval_sets_job, mixture_job, tokenize_job, train_job,
           checkpoint_eval_job, report_job, release_job, sweep_job],
-    sensors=[new_pairs_sensor, new_checkpoints_sensor, spark_automation_sensor],
+    sensors=[new_pairs_sensor, new_checkpoints_sensor, spark_automation_sensor, dead_runs_sensor],
     schedules=[reevaluation_schedule],
     resources={"storage": SparkStorage(), "judge": SpecMapJudge(), "spark_config": SparkConfig(),
                "pipes_subprocess_client": dg.PipesSubprocessClient()},

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -258,3 +259,60 @@ def test_sweep_command_says_what_is_wrong_with_a_settings_file_before_running_an
     assert "sampler = 'bayes' (str): expected 'grid', 'tpe' or 'gp'" in err and str(bad) in err
     assert "profile demo's sweep section" in err
     assert not (tmp_path / "storage" / "sweep").exists(), "nothing ran"
+
+
+def _processes_under(folder) -> list:
+    """Live processes whose command line names ``folder`` (the test's storage root)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(str(folder) in part for part in p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_a_sweep_killed_mid_trial_restarts_finishes_and_leaves_no_process_behind(tmp_path, isolated_env):
+    """`spark sweep` killed with SIGKILL mid-trial used to leave torchrun and its worker training,
+    and the restarted sweep waited forever for the `gpu` pool slot the dead run still held."""
+    import shutil
+
+    from spark_pipeline.settings import PROJECT_DIR
+
+    storage = isolated_env
+    shutil.copy(PROJECT_DIR / "dagster.yaml", Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml")  # pool gpu: 1 slot
+    config = tmp_path / "one-cell.yaml"
+    config.write_text(yaml.safe_dump({"study": "kill-test", "seeds": [0], "max_steps": 40,
+                                      "space": {"lora_r": [4], "targets": ["attention"], "learning_rate": [2.0e-3]}}))
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "spark_pipeline", "sweep", "--config", str(config)]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while not any("spark_pipeline.training" in " ".join(p.cmdline()) for p in _processes_under(storage)):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.2)
+        time.sleep(3)  # mid-trial
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    deadline = time.monotonic() + 90
+    while _processes_under(storage) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [" ".join(p.cmdline())[:120] for p in _processes_under(storage)]
+    for p in _processes_under(storage):
+        p.kill()
+    assert not left, f"processes outlived the killed sweep: {left}"
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "is gone" in second.stdout and "pool slot(s) freed" in second.stdout, second.stdout[-3000:]
+    assert "moved to" in second.stdout + second.stderr or "left running" in second.stdout + second.stderr
+    analysis = json.loads((storage / "sweep" / "kill-test" / "analysis.json").read_text())
+    assert analysis["completed_runs"] == 1
+    assert not _processes_under(storage), "nothing is left running"

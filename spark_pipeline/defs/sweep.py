@@ -108,7 +108,7 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
         if run_dir.exists():  # a run cut short: kept aside, never overwritten
             aside = run_dir.with_name(f"{name}.incomplete-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%S%f}")
             run_dir.rename(aside)
-            context.log.info(f"trial {trial_number}: an unfinished {name} moved to {aside.name}")
+            context.log.warning(f"trial {trial_number}: an unfinished {name} moved to {aside.name}; training it again")
         try:
             settings = TrainingSettings.load(spark_config.name(), sweep.training_overrides(params, seed))
         except SettingsError as exc:
@@ -131,7 +131,8 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
         atomic_write_json(summary_file, summary)
         return summary
 
-    finished = run_study(study, sweep, train, max_trials=config.max_trials or 0, log=context.log.info)
+    finished = run_study(study, sweep, train, max_trials=config.max_trials or 0, log=context.log.info,
+                         warn=context.log.warning)
     runs = study_runs(study, sweep)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{**{k: r.get(k) for k in RUN_COLUMNS},

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spark_pipeline.liveness import this_process
 from spark_pipeline.sweep.settings import SweepSettings
 
 HEARTBEAT_S = 30
@@ -83,25 +83,15 @@ def open_study(settings: SweepSettings, url: str):
     return study
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_dead_trials(study) -> list[int]:
     """Trials left RUNNING by a worker of this host whose process is gone become FAIL."""
     from optuna.trial import TrialState
 
+    from spark_pipeline.liveness import dead_here
+
     failed = []
-    host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", {})
-        if worker.get("host") == host and worker.get("pid") and not _alive(worker["pid"]):
+        if dead_here(t.user_attrs.get("worker", {})):
             study._storage.set_trial_user_attr(t._trial_id, "failed_because", "its worker died")
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed.append(t.number)
@@ -162,7 +152,7 @@ def unstable(run: dict, prune) -> str:
 
 
 def run_study(study, settings: SweepSettings, train: Callable[[dict, int, int], dict], max_trials: int = 0,
-              log: Callable[[str], None] = print) -> list[int]:
+              log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None) -> list[int]:
     """Trains configurations until the study is done or ``max_trials`` were run by this call.
     ``train(params, seed, trial_number)`` runs one seed and returns its summary. Returns the
     numbers of the trials this call finished."""
@@ -172,7 +162,7 @@ def run_study(study, settings: SweepSettings, train: Callable[[dict, int, int], 
     while not max_trials or len(finished) < max_trials:
         dead = fail_dead_trials(study)
         if dead:
-            log(f"trials {dead} were left running by a worker that died: marked FAIL, their configurations run again")
+            (warn or log)(f"trials {dead} were left running by a worker that died: marked FAIL, their configurations run again")
         params = next_configuration(study, settings)
         if params is None:
             break
@@ -181,7 +171,7 @@ def run_study(study, settings: SweepSettings, train: Callable[[dict, int, int], 
 
         def objective(trial):
             finished.append(trial.number)
-            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+            trial.set_user_attr("worker", this_process())
             chosen = suggest(trial, settings)
             trial.set_user_attr("configuration", chosen)
             runs = []
