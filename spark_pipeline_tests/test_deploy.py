@@ -147,6 +147,9 @@ def test_instance_config_and_helm_values(monkeypatch):
     assert values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["jobSpecConfig"]["backoffLimit"] == 0
     assert values["computeLogManager"]["type"] == "GCSComputeLogManager"
     assert values["dagsterDaemon"]["enabled"] is True
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert monitoring["enabled"] and config["run_monitoring"]["enabled"]
+    assert monitoring["freeSlotsAfterRunEndSeconds"] == config["run_monitoring"]["free_slots_after_run_end_seconds"]
     [deployment] = values["dagster-user-deployments"]["deployments"]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "spark_pipeline.definitions"]
     env = {e["name"]: e["value"] for e in deployment["env"]}
