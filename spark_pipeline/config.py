@@ -88,3 +88,18 @@ def active_profile() -> str:
 def load_config(profile: str | None = None) -> dict:
     """The merged configuration of a profile (a fresh copy the caller may change)."""
     return copy.deepcopy(_load(profile or active_profile()))
+
+
+RESOLVED_FILE = "config.json"
+
+
+def write_resolved(folder: Path, profile: str | None = None) -> Path:
+    """The configuration a stage ran with, next to its outputs: the profile's name, the files
+    it was read from, and every section as checked and merged."""
+    from spark_pipeline.records import atomic_write_json
+
+    profile = profile or active_profile()
+    path = Path(folder) / RESOLVED_FILE
+    atomic_write_json(path, {"profile": profile, "files": [str(p) for p in profile_files(profile)],
+                             "config": load_config(profile)})
+    return path

@@ -189,6 +189,9 @@ def test_a_manifest_edited_after_the_corpus_was_built_stops_every_consumer_until
     assert "spk32_gpio_uart_hal" not in mixture["pairs"] and "aes128_accelerator" in mixture["pairs"]
     held = read_rows(storage / "corpus" / "eval" / "held_out.parquet")
     assert held and {r["pair_id"] for r in held} == {"spk32_gpio_uart_hal"}
+    for folder in ("eval", "mixture"):  # the configuration each was built with, beside it
+        resolved = json.loads((storage / "corpus" / folder / "config.json").read_text())
+        assert resolved["profile"] == "demo" and resolved["config"]["corpus"]["mixture"]["recipe"] == "domain_only"
 
 
 def test_mixture_before_eval_sets_says_what_to_do(storage):

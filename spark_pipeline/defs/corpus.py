@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from spark_pipeline.config import write_resolved
 from spark_pipeline.corpus import checks
 from spark_pipeline.corpus.evalsets import evaluation_sets
 from spark_pipeline.corpus.mixture import assemble, general_samples, write_mixture
@@ -184,6 +185,7 @@ def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_co
                                                        "cases": "duplicates.parquet (scope held_out_shared)"},
                "skipped_pairs": skipped, "per_category": dict(sorted(per_category.items())), "lineage": lineage}
     atomic_write_json(out / "eval.json", summary)
+    write_resolved(out, spark_config.name())
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(out / "in_domain.parquet", out / "held_out.parquet"),
                   "in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
@@ -257,6 +259,7 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
     lineage = {"quality_samples": versions, "eval_sets": eval_summary.get("sha256", {}),
                "pairs_manifest": registry["entries_digest"]}
     manifest = write_mixture(storage.path("corpus", "mixture"), result, settings, lineage, recipe)
+    write_resolved(storage.path("corpus", "mixture"), spark_config.name())
     if manifest["recipe"]["general_fraction_requested"] and \
             manifest["recipe"]["general_fraction_achieved"] < manifest["recipe"]["general_fraction_requested"] - 0.01:
         context.log.warning(f"general C pool too small: {manifest['recipe']['general_fraction_achieved']:.0%} "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from spark_pipeline.config import write_resolved
 from spark_pipeline.defs.resources import (
     AFTER_UPSTREAM,
     SparkConfig,
@@ -167,6 +168,7 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
                                                       if withdrawn else ""),
                          metadata={"sanity": dg.MetadataValue.json(sanity)})
     write_tables(out, rows, records)
+    write_resolved(out, spark_config.name())
     overall = {r["model"].split(":")[0] + "/" + r["split"]: round(r["perplexity"], 4) for r in rows
                if r["category"] == "all"}
     regressions = [f"{r['split']}/{r['category']}" for r in rows if r["flag"] == "regression"]
@@ -335,6 +337,7 @@ def external_baselines(context: dg.AssetExecutionContext, storage: SparkStorage,
     for row in rows + records:
         row.update({"checkpoint": "", "step": -1, "lineage_sha256": ""})
     write_tables(out, rows, records)
+    write_resolved(out, spark_config.name())
     return dg.MaterializeResult(metadata={"models": len(specs), "rows": len(rows), "usage": dg.MetadataValue.json(usage),
                                           "table": _table_metadata(rows)})
 

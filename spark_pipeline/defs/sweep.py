@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from spark_pipeline.config import write_resolved
 from spark_pipeline.defs.resources import (
     SparkConfig,
     SparkStorage,
@@ -140,6 +141,7 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
              "effective_scale": effective_scale(r["params"], sweep.alpha_per_rank)} for r in runs]
     if rows:
         pq.write_table(pa.Table.from_pylist(rows), folder / "runs.parquet")
+    write_resolved(folder, spark_config.name())
     atomic_write_json(folder / "study.json", {"study": sweep.study, "storage": shown_url,
                                               "sampler": sweep.sampler, "space": sweep.space_as_data(), "seeds": sweep.seeds,
                                               "objective": sweep.objective, "sources": sweep.sources,
