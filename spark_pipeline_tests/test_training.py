@@ -202,6 +202,34 @@ def test_the_trainers_parts_work_one_by_one_in_process(tmp_path, cache, monkeypa
     assert second.close("finished") == 0
 
 
+def test_an_emergency_save_right_after_resuming_keeps_the_checkpoint_it_resumed_from(tmp_path, cache, monkeypatch):
+    """A run stopped at step 1, resumed with ``latest`` and stopped again before it finished a
+    step saves ``emergency-1`` once more: the same state, so the folder is kept as it was."""
+    from spark_pipeline.training.trainer import Trainer
+
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    monkeypatch.delenv("DAGSTER_PIPES_CONTEXT", raising=False)
+    settings = _settings()
+    base = base_model_folder(settings, tmp_path / "storage")
+
+    def stopped_run(resume=""):
+        trainer = Trainer(settings, run_dir=tmp_path / "run", cache=cache, base_model=base, resume=resume)
+        if not resume:
+            assert not trainer.train_step().interrupted
+        trainer.stop_signal = "SIGTERM"
+        assert trainer.train_step().interrupted
+        folder = trainer.checkpoint("emergency")
+        assert trainer.close("SIGTERM") == 0
+        return trainer, folder
+
+    _, folder = stopped_run()
+    assert folder.name == "emergency-1"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+    resumed, again = stopped_run(resume="latest")
+    assert resumed.resumed_from == str(folder) and again == folder
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
+
+
 def test_health_monitor_nan_and_spikes():
     h = HealthMonitor()
     for i in range(20):
@@ -528,21 +556,37 @@ def test_flops_per_token_for_the_hero_model():
     assert flops_per_token(hero.shape, hero.max_length, hero.lora_r) / 1e9 == pytest.approx(37.2, abs=0.05)
 
 
-def test_a_complete_checkpoint_is_never_written_again(tmp_path):
-    from spark_pipeline.training.checkpoint import save_checkpoint
+def test_a_complete_checkpoint_is_never_written_again_and_a_different_one_is_an_error(tmp_path):
+    """The same state again (an emergency save right after resuming from that checkpoint) keeps
+    the folder as it is; other adapter weights, rows consumed or data under the same name are an
+    error that names what differs, and nothing in the folder changes."""
+    from spark_pipeline.training.checkpoint import CheckpointExistsError, save_checkpoint
 
     model = add_adapters(build_base_model({**SHAPE, "vocab_size": 300, "pad_token_id": 299, "eos_token_id": 298},
                                           seed=0), LoraSettings(4, 8, 0.0, True))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     sched = warmup_cosine(opt, 10, 0.1)
-    folder = save_checkpoint(tmp_path / "emergency-4", model, opt, sched, {"step": 4}, {}, 0, 1)
-    first = (folder / "adapter_model.safetensors").stat().st_mtime_ns
+    state = {"step": 4, "rows_consumed": 8, "data_fingerprint": "d1"}
+    folder = save_checkpoint(tmp_path / "emergency-4", model, opt, sched, state, {}, 0, 1)
+
+    def snapshot():
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+
+    before = snapshot()
+    assert save_checkpoint(folder, model, opt, sched, dict(state), {}, 0, 1) == folder, "the same state: kept"
+    assert snapshot() == before
+    for other, what in (({**state, "rows_consumed": 10}, "rows_consumed 8 there, 10 here"),
+                        ({**state, "data_fingerprint": "d2"}, "data_fingerprint 'd1' there, 'd2' here")):
+        with pytest.raises(CheckpointExistsError, match=what):
+            save_checkpoint(folder, model, opt, sched, other, {}, 0, 1)
     with torch.no_grad():
-        next(p for p in model.parameters() if p.requires_grad).add_(1.0)
-    assert save_checkpoint(folder, model, opt, sched, {"step": 4}, {}, 0, 1) == folder
-    assert (folder / "adapter_model.safetensors").stat().st_mtime_ns == first, "kept as it was"
+        next(p for n, p in model.named_parameters() if "lora_A" in n).add_(1.0)
+    with pytest.raises(CheckpointExistsError, match=r"emergency-4 already holds a checkpoint of step 4 with other "
+                                                    r"adapter weights \(1 of 32 tensors differ"):
+        save_checkpoint(folder, model, opt, sched, dict(state), {}, 0, 1)
+    assert snapshot() == before, "nothing was written"
     with pytest.raises(FileExistsError, match="immutable"):
-        save_checkpoint(folder, model, opt, sched, {"step": 5}, {}, 0, 1)
+        save_checkpoint(folder, model, opt, sched, {**state, "step": 5}, {}, 0, 1)
 
 
 def test_a_checkpoint_saved_with_the_old_lambda_schedule_resumes_on_the_chain(tmp_path):
