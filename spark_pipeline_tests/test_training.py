@@ -46,7 +46,8 @@ def _start(tmp_path, cache, run_name, settings, nproc=1, resume="", extra=None, 
     storage = tmp_path / "storage"
     base = base_model_folder(settings, storage)
     run_dir = tmp_path / run_name
-    settings_file, lineage_file = prepare_run(run_dir, settings, {"mixture_hash": "m123", "pairs": {"p": "v1"}})
+    settings_file, lineage_file = prepare_run(run_dir, settings, {"mixture_hash": "m123", "pairs": {"p": "v1"}},
+                                              resume=resume)
     cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume=resume, extra=extra,
                            grace_s=settings.termination_grace_s)
     # W&B disabled (its offline service costs seconds per run) unless a test is about W&B
@@ -268,6 +269,97 @@ def test_sigterm_then_resume_matches_a_straight_run(tmp_path, cache):
     lineage = json.loads((run_dir / "checkpoints" / "checkpoint-6" / "lineage.json").read_text())
     assert lineage["mixture_hash"] == "m123" and lineage["pairs"] == {"p": "v1"} and lineage["step"] == 6
     assert lineage["wandb_run_id"] == stopped["wandb_run_id"] and lineage["config_hash"] == settings.fingerprint()
+
+
+def _files(folder: Path) -> dict:
+    """Every file under ``folder`` with its modification time and bytes."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _program(run_dir, cache, base, settings_file, *args, timeout=240):
+    """The training program on its own (one process, no torchrun), as a shell would run it."""
+    import sys
+
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    return subprocess.run([sys.executable, "-m", "spark_pipeline.training", "--run-dir", str(run_dir), "--cache",
+                           str(cache), "--base-model", str(base), "--settings", str(settings_file), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_a_run_folder_belongs_to_one_run(tmp_path, cache):
+    """A second run started into a finished run's folder (the program's own command line, no
+    --resume) used to finish with status 0, keep the first run's checkpoints as its own and
+    overwrite its result.json. Now the program refuses before anything is written: without
+    --resume, with other settings, from another folder's checkpoint, from an earlier checkpoint
+    of the folder, and with --resume latest when there is nothing to continue from. The same
+    for the preparation of a launch (settings.json, lineage_input.json)."""
+    import shutil
+
+    from spark_pipeline.training.runs import RunFolderError
+
+    settings = _settings(max_steps=2, save_every_steps=1)
+    run_dir, first, _ = _run(tmp_path, cache, "run", settings)
+    assert first["steps"] == 2
+    base = base_model_folder(settings, tmp_path / "storage")
+    before = _files(run_dir)
+
+    # the same command again, through torchrun, without --resume
+    cmd = torchrun_command(1, run_dir, cache, base, run_dir / "settings.json", run_dir / "lineage_input.json",
+                           grace_s=settings.termination_grace_s)
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert again.returncode != 0, again.stdout[-2000:]
+    assert (f"error: run folder {run_dir} already holds a run (checkpoints checkpoint-1, checkpoint-2; result.json "
+            f"(exit finished at step 2); metrics.jsonl); refusing to write into it without resuming that run. "
+            f"Resume it (--resume latest), or give this run a new folder") in again.stderr, again.stderr[-3000:]
+    assert _files(run_dir) == before, "nothing was written or overwritten"
+
+    other = tmp_path / "other-settings.json"
+    other.write_text(json.dumps({**settings.to_dict(), "learning_rate": 1e-3}))
+    refused = _program(run_dir, cache, base, other, "--resume", "latest")
+    assert refused.returncode == 2 and (
+        f"error: run folder {run_dir} holds another run: its settings.json differs from this run's settings "
+        f"(learning_rate 0.005 there, 0.001 here)") in refused.stderr, refused.stderr[-3000:]
+
+    elsewhere = tmp_path / "elsewhere" / "checkpoint-1"
+    shutil.copytree(run_dir / "checkpoints" / "checkpoint-1", elsewhere)
+    refused = _program(run_dir, cache, base, run_dir / "settings.json", "--resume", str(elsewhere))
+    assert refused.returncode == 2 and f"and {elsewhere} is not one of its checkpoints" in refused.stderr, \
+        refused.stderr[-3000:]
+
+    earlier = run_dir / "checkpoints" / "checkpoint-1"
+    refused = _program(run_dir, cache, base, run_dir / "settings.json", "--resume", str(earlier))
+    assert refused.returncode == 2 and (
+        f"error: run folder {run_dir} holds checkpoints after step 1 (checkpoint-2); resuming from {earlier} would "
+        "train those steps again over them") in refused.stderr, refused.stderr[-3000:]
+    assert _files(run_dir) == before
+
+    # the run's checkpoints went to the bucket and were deleted here: latest finds none without --upload
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for name in ("settings.json", "lineage_input.json", "result.json"):
+        shutil.copy2(run_dir / name, gone / name)
+    gone_before = _files(gone)
+    refused = _program(gone, cache, base, gone / "settings.json", "--resume", "latest")
+    assert refused.returncode == 2 and (
+        f"error: run folder {gone} already holds a run (result.json (exit finished at step 2)), but --resume latest "
+        "found no healthy checkpoint of it to continue from (without --upload the bucket was not searched)"
+    ) in refused.stderr, refused.stderr[-3000:]
+    assert _files(gone) == gone_before
+
+    lineage = json.loads((run_dir / "lineage_input.json").read_text())
+    with pytest.raises(RunFolderError, match="its settings.json differs from this run's settings"):
+        prepare_run(run_dir, _settings(max_steps=3, save_every_steps=1), lineage, resume="latest")
+    with pytest.raises(RunFolderError, match="refusing to write into it without resuming that run"):
+        prepare_run(run_dir, settings, lineage)
+    with pytest.raises(RunFolderError, match=r"its lineage_input.json names other data \(mixture_hash 'm123' there, "
+                                             r"'m456' here\)"):
+        prepare_run(run_dir, settings, {**lineage, "mixture_hash": "m456"}, resume="latest")
+    assert _files(run_dir) == before, "nothing was written or overwritten"
+    prepare_run(run_dir, settings, {**lineage, "dagster_run_id": "next"}, resume="latest")  # a resume: fine
+    assert json.loads((run_dir / "lineage_input.json").read_text())["dagster_run_id"] == "next"
 
 
 def test_checkpoint_is_a_standard_peft_adapter_without_the_base_embeddings(tmp_path, cache):

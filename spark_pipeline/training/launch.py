@@ -11,6 +11,7 @@ from pathlib import Path
 
 from spark_pipeline.records import atomic_write_json
 from spark_pipeline.training.model import ensure_base_model
+from spark_pipeline.training.runs import check_lineage, check_settings, claim_run_folder
 from spark_pipeline.training.settings import TrainingSettings
 
 
@@ -31,12 +32,23 @@ def tokenizer_name(name: str, settings: TrainingSettings, storage: Path) -> str:
     return f"hf:{base_model_folder(settings, storage)}" if name == "base_model" else name
 
 
-def prepare_run(run_dir: Path, settings: TrainingSettings, lineage: dict) -> tuple[Path, Path]:
+def prepare_run(run_dir: Path, settings: TrainingSettings, lineage: dict, resume: str = "") -> tuple[Path, Path]:
+    """``settings.json`` and ``lineage_input.json`` of a launch into ``run_dir``. A folder that
+    already holds a run is refused (:class:`RunFolderError`, nothing written) when its settings
+    or data differ, or when it holds that run's outputs and this launch does not ``resume``; a
+    resume keeps ``settings.json`` as it is and records its own lineage (the Dagster run id
+    changes). The program checks the rest (which checkpoint it continues from) itself."""
+    check_settings(run_dir, settings.to_dict())
+    check_lineage(run_dir, lineage)
+    if not resume:
+        claim_run_folder(run_dir, settings.to_dict())
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_file = run_dir / "settings.json"
     lineage_file = run_dir / "lineage_input.json"
-    atomic_write_json(settings_file, settings.to_dict())
-    atomic_write_json(lineage_file, lineage)
+    if not settings_file.exists():
+        atomic_write_json(settings_file, settings.to_dict())
+    if not lineage_file.exists() or json.loads(lineage_file.read_text()) != lineage:
+        atomic_write_json(lineage_file, lineage)
     return settings_file, lineage_file
 
 
