@@ -463,6 +463,139 @@ def test_sigterm_from_outside_mid_step_saves_within_the_grace_period(tmp_path, c
     assert "SIGTERM during step 1: emergency checkpoint of step 0" in out
 
 
+_LAUNCHER = """
+import json, sys
+from pathlib import Path
+
+import dagster as dg
+
+from spark_pipeline.defs.training import launch_training
+from spark_pipeline.training.settings import TrainingSettings
+
+settings = TrainingSettings.from_dict(json.loads(Path(sys.argv[1]).read_text()))
+run_dir, cache, base = (Path(a) for a in sys.argv[2:5])
+
+
+@dg.asset
+def training(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
+    launch_training(context, pipes_subprocess_client, settings, run_dir, cache, base, {"mixture_hash": "m"}, nproc=2)
+
+
+dg.materialize([training], resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
+"""
+
+
+def _alive(procs) -> list:
+    import psutil
+
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _alive_after(procs, seconds: float) -> list:
+    """The processes still running (zombies count as gone) after at most ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _alive(procs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return _alive(procs)
+
+
+def _wait_for_steps(run_dir: Path, seconds: float, what) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().strip():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no step within {seconds} s:\n{what()}")
+
+
+@pytest.mark.parametrize("killed", ["launcher", "torchrun"])
+def test_training_processes_die_with_the_process_that_launched_them(tmp_path, cache, killed):
+    """SIGKILL mid-run of the process that launched training the way the pipeline does
+    (launch_training through Dagster Pipes: the Dagster step, the sweep's command), or of torchrun
+    itself: no torchrun and no worker of it is left running. torchrun gets SIGTERM when its
+    launcher dies and stops its workers as a scheduler's SIGTERM does; a worker gets SIGTERM when
+    torchrun dies. Either way the workers save an emergency checkpoint and exit. (Before: both
+    went on training, orphans, until the end of the run.)"""
+    import sys
+
+    import psutil
+
+    settings = _settings(max_steps=400, save_every_steps=400, termination_grace_s=20)
+    base = base_model_folder(settings, tmp_path / "storage")
+    run_dir = tmp_path / "run"
+    log = tmp_path / "launcher.log"
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    if killed == "launcher":
+        (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
+        with log.open("w") as out:
+            launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(tmp_path / "settings.json"),
+                                         str(run_dir), str(cache), str(base)], env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+    else:
+        run_dir, launcher = _start(tmp_path, cache, "run", settings, nproc=2, extra=["--slow-micro-batch-s", "0.5"])
+        lines: list[str] = []
+        import threading
+
+        threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True).start()
+    tree: list = []
+    try:
+        _wait_for_steps(run_dir, 300, lambda: log.read_text()[-3000:] if killed == "launcher" else "".join(lines))
+        tree = psutil.Process(launcher.pid).children(recursive=True)
+        if killed == "torchrun":
+            tree.append(psutil.Process(launcher.pid))
+        workers = [p for p in tree if "spark_pipeline.training" in " ".join(p.cmdline()) and "--run-dir" in p.cmdline()
+                   and "torch.distributed.run" not in " ".join(p.cmdline()) and "torchrun" not in p.cmdline()[1]]
+        assert len(workers) == 2, [p.cmdline() for p in tree]
+        launcher.kill()  # SIGKILL: no handler runs in the killed process
+        launcher.wait()
+        left = _alive_after(tree, 90)
+        assert not left, f"still running 90 s after the {killed} was killed: {[p.cmdline()[:4] for p in left]}"
+    finally:
+        for p in _alive(tree + [psutil.Process(launcher.pid)] if launcher.poll() is None else tree):
+            p.kill()
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.wait()
+    emergency = sorted((run_dir / "checkpoints").glob("emergency-*"))
+    assert emergency and (emergency[0] / "rng_state_0.pt").exists() and (emergency[0] / "rng_state_1.pt").exists(), \
+        "both workers saved the state of their last finished step"
+    assert json.loads((run_dir / "result.json").read_text())["exit"] == "SIGTERM"
+
+
+@pytest.mark.skipif(not os.uname().sysname == "Linux", reason="the parent-death signal is Linux's")
+def test_the_lifeline_ties_torchrun_to_its_launcher_and_stops_when_the_launcher_is_already_gone():
+    """``python -m spark_pipeline.training.lifeline CMD`` runs CMD in its own process with the
+    parent-death signal set (it survives exec) and its pid recorded for the workers; a launcher
+    that died before the call (the process already has another parent) stops it at once."""
+    import sys
+
+    env = dict(os.environ, SPARK_LAUNCHER_PID=str(os.getpid()))
+    probe = ("import ctypes, os; s = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(s), 0, 0, 0); "
+             "print(s.value, os.environ['SPARK_TORCHRUN_PID'] == str(os.getpid()))")
+    tied = subprocess.run([sys.executable, "-m", "spark_pipeline.training.lifeline", sys.executable, "-c", probe],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert tied.returncode == 0 and tied.stdout.split() == [str(int(signal.SIGTERM)), "True"], tied.stderr
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    env["SPARK_LAUNCHER_PID"] = str(gone.pid)
+    late = subprocess.run([sys.executable, "-m", "spark_pipeline.training.lifeline", "sleep", "60"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert late.returncode == -signal.SIGTERM and f"its parent {gone.pid} is gone; stopping" in late.stderr
+
+
 def test_resume_latest_reads_the_bucket_and_never_overwrites_a_checkpoint(tmp_path, cache, monkeypatch):
     """Checkpoints go to the GCS emulator (real client), verified, then deleted locally; a run
     resumed with ``latest`` finds the newest one in the bucket, downloads it (the gs:// resume

@@ -16,6 +16,7 @@ from spark_pipeline.training.launch import (
     base_model_folder,
     current_inputs,
     k8s_launch,
+    launcher_env,
     prepare_run,
     tokenizer_name,
     torchrun_command,
@@ -163,7 +164,9 @@ def launch_training(context, pipes_subprocess_client, settings: TrainingSettings
             context.log.info(f"launching the training pod ({launch['image']}, {settings.gpus} GPUs, grace "
                              f"{launch['base_pod_spec']['terminationGracePeriodSeconds']} s)")
             return PipesK8sClient().run(context=context, **launch)
-        return pipes_subprocess_client.run(command=cmd, context=context, env=env)
+        # torchrun and its workers die with this process (training/lifeline.py); Pipes' client
+        # starts it from this thread and waits for it here
+        return pipes_subprocess_client.run(command=cmd, context=context, env={**env, **launcher_env()})
     except DagsterPipesExecutionError as exc:
         raise _training_failure(run_dir, exc) from exc
 

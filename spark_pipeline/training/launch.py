@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from spark_pipeline.records import atomic_write_json
+from spark_pipeline.training.lifeline import LAUNCHER_PID
 from spark_pipeline.training.model import ensure_base_model
 from spark_pipeline.training.runs import check_lineage, check_settings, claim_run_folder
 from spark_pipeline.training.settings import TrainingSettings
@@ -56,10 +58,12 @@ def torchrun_command(nproc: int, run_dir: Path, cache: Path, base_model: Path, s
                      lineage_file: Path, resume: str = "", max_steps: int = 0, extra: list[str] | None = None,
                      grace_s: int = 30) -> list[str]:
     """torchrun gives its workers ``grace_s`` seconds between SIGTERM and SIGKILL (its own
-    default is 30 s, shorter than one hero step): ``termination_grace_s`` of the settings."""
+    default is 30 s, shorter than one hero step): ``termination_grace_s`` of the settings.
+    It is started through :mod:`.lifeline`, which ties it to the launcher that sets
+    ``SPARK_LAUNCHER_PID`` (:func:`launcher_env`) and then runs torchrun in the same process."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = launcher + ["--standalone", f"--nproc_per_node={nproc}", f"--shutdown-timeout={int(grace_s)}",
+    cmd = [sys.executable, "-m", "spark_pipeline.training.lifeline"] + launcher + ["--standalone", f"--nproc_per_node={nproc}", f"--shutdown-timeout={int(grace_s)}",
                       "-m", "spark_pipeline.training",
                       "--run-dir", str(run_dir), "--cache", str(cache), "--base-model", str(base_model),
                       "--settings", str(settings_file), "--lineage", str(lineage_file)]
@@ -68,6 +72,12 @@ def torchrun_command(nproc: int, run_dir: Path, cache: Path, base_model: Path, s
     if max_steps:
         cmd += ["--max-steps", str(max_steps)]
     return cmd + (extra or [])
+
+
+def launcher_env() -> dict[str, str]:
+    """What a process that starts :func:`torchrun_command` and waits for it puts into its
+    environment so that torchrun, and with it its workers, die with that process."""
+    return {LAUNCHER_PID: str(os.getpid())}
 
 
 class LaunchError(RuntimeError):
@@ -112,8 +122,6 @@ def k8s_launch(settings: TrainingSettings, cmd: list[str], upload_root: str, env
     """The arguments of ``PipesK8sClient.run`` for the training pod: the GPU image
     (``$SPARK_TRAIN_IMAGE``), torchrun as the pod's command, and the pod spec of
     :func:`spark_pipeline.k8s.training_pod_spec` (GPUs, /dev/shm, grace period, storage)."""
-    import os
-
     from spark_pipeline.k8s import training_pod_spec
 
     image = os.environ.get("SPARK_TRAIN_IMAGE", "")
