@@ -562,9 +562,10 @@ def test_training_processes_die_with_the_process_that_launched_them(tmp_path, ca
         launcher.kill()  # SIGKILL: no handler runs in the killed process
         launcher.wait()
         left = _alive_after(tree, 90)
-        assert not left, f"still running 90 s after the {killed} was killed: {[p.cmdline()[:4] for p in left]}"
-    finally:
-        for p in _alive(tree + [psutil.Process(launcher.pid)] if launcher.poll() is None else tree):
+        assert not left, f"still running 90 s after the {killed} was killed: {left}"
+    finally:  # whatever happened: nothing of this run is left behind
+        mine = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+        for p in _alive(tree + mine):
             p.kill()
         if launcher.poll() is None:
             launcher.kill()
