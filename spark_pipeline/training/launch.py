@@ -63,10 +63,11 @@ def torchrun_command(nproc: int, run_dir: Path, cache: Path, base_model: Path, s
     ``SPARK_LAUNCHER_PID`` (:func:`launcher_env`) and then runs torchrun in the same process."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = [sys.executable, "-m", "spark_pipeline.training.lifeline"] + launcher + ["--standalone", f"--nproc_per_node={nproc}", f"--shutdown-timeout={int(grace_s)}",
-                      "-m", "spark_pipeline.training",
-                      "--run-dir", str(run_dir), "--cache", str(cache), "--base-model", str(base_model),
-                      "--settings", str(settings_file), "--lineage", str(lineage_file)]
+    lifeline = [sys.executable, "-m", "spark_pipeline.training.lifeline"]
+    cmd = lifeline + launcher + ["--standalone", f"--nproc_per_node={nproc}", f"--shutdown-timeout={int(grace_s)}",
+                                 "-m", "spark_pipeline.training",
+                                 "--run-dir", str(run_dir), "--cache", str(cache), "--base-model", str(base_model),
+                                 "--settings", str(settings_file), "--lineage", str(lineage_file)]
     if resume:
         cmd += ["--resume", resume]
     if max_steps:
