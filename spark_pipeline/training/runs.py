@@ -32,7 +32,9 @@ _RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
 _STEP = re.compile(r"-(\d+)$")
 #: The lineage that says which data and base model a run trains on: a launch into an existing
 #: run folder must name the same (the rest, such as the Dagster run id, may change on a resume).
-DATA_LINEAGE_KEYS = ("mixture_hash", "tokenized_cache", "tokenizer", "base_model")
+#: The cache key covers the tokenizer's fingerprint; the base model is its weights' hash (its
+#: folder may be mounted elsewhere).
+DATA_LINEAGE_KEYS = ("mixture_hash", "tokenized_cache", "base_model")
 
 
 def new_run_id() -> str:
@@ -207,7 +209,12 @@ def check_lineage(run_dir: Path, lineage: dict) -> None:
     path = Path(run_dir) / "lineage_input.json"
     if not path.exists():
         return
-    differ = _differences(json.loads(path.read_text()), lineage, DATA_LINEAGE_KEYS)
+
+    def data(values: dict) -> dict:
+        base = values.get("base_model")
+        return {**values, "base_model": base.get("weights_sha256")} if isinstance(base, dict) else values
+
+    differ = _differences(data(json.loads(path.read_text())), data(lineage), DATA_LINEAGE_KEYS)
     if differ:
         raise RunFolderError(f"run folder {run_dir} holds another run: its lineage_input.json names other data "
                              f"({'; '.join(differ)}); refusing to write into it. Give this run a new folder")
