@@ -39,7 +39,7 @@ SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "nu
 
 def run(run_dir: Path, cache: Path, settings: TrainingSettings, resume: str = "", max_steps: int = 0) -> dict:
     base = base_model_folder(settings, WORK / "storage")
-    settings_file, lineage_file = prepare_run(run_dir, settings, {"mixture_hash": "bench"})
+    settings_file, lineage_file = prepare_run(run_dir, settings, {"mixture_hash": "bench"}, resume)
     cmd = torchrun_command(1, run_dir, cache, base, settings_file, lineage_file, resume, max_steps)
     env = dict(os.environ, WANDB_DISABLED="true", OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)

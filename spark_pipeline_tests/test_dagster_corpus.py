@@ -277,6 +277,47 @@ def test_train_hero_through_pipes_new_runs_never_touch_earlier_ones_and_a_diverg
     assert sorted(discover(storage)) == keys, "no checkpoint of the diverged run is offered for evaluation"
 
 
+def test_train_hero_resume_latest_continues_its_run_in_its_folder_and_other_settings_are_refused(built, monkeypatch,
+                                                                                              tmp_path):
+    """``resume: latest`` launches into the run's own folder: its settings.json is kept, the
+    launch records its own Dagster run id, and the run goes on from its checkpoint. The same
+    with another profile's settings is refused before anything is launched or written."""
+    import yaml
+
+    from spark_pipeline.config import CONFIG_DIR
+    from spark_pipeline.training.runs import run_folders
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    storage = built["storage"]
+    assert built["run"](["tokenized_cache"]).success
+    assert built["run"](["train_hero"], run_config={"ops": {"train_hero": {"config": {"max_steps": 1}}}}).success
+    [folder] = run_folders(storage, "hero")
+    settings_before = (folder / "settings.json").read_bytes()
+    latest = {"ops": {"train_hero": {"config": {"max_steps": 2, "resume": "latest"}}}}
+    resumed = built["run"](["train_hero"], run_config=latest)
+    assert resumed.success
+    md = resumed.asset_materializations_for_node("train_hero")[0].metadata
+    assert run_folders(storage, "hero") == [folder] and md["run_id"].value == folder.name
+    assert md["steps"].value == 2 and Path(md["final_checkpoint"].value) == folder / "checkpoints" / "checkpoint-2"
+    assert (folder / "settings.json").read_bytes() == settings_before
+    assert json.loads((folder / "lineage_input.json").read_text())["dagster_run_id"] == resumed.run_id
+    assert json.loads((folder / "checkpoints" / "checkpoint-2" / "lineage.json").read_text())["dagster_run_id"] == \
+        resumed.run_id
+
+    profile = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
+    profile["training"]["optimizer"]["learning_rate"] = 1.0e-3
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(profile))
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    resources = {**dagster_resources(storage), "spark_config": SparkConfig(profile=str(tmp_path / "other.yaml"))}
+    result = dg.materialize(ASSETS, selection=["train_hero"], instance=built["instance"], resources=resources,
+                            run_config={"ops": {"train_hero": {"config": {"max_steps": 3, "resume": "latest"}}}},
+                            raise_on_error=False)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert f"run folder {folder} holds another run: its settings.json differs" in error and "learning_rate" in error
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == before
+
+
 def test_train_hero_says_what_to_materialize_first(storage):
     with dg.instance_for_test() as instance:
         result = dg.materialize(ASSETS, selection=["train_hero"], instance=instance,

@@ -46,7 +46,8 @@ def _start(tmp_path, cache, run_name, settings, nproc=1, resume="", extra=None, 
     storage = tmp_path / "storage"
     base = base_model_folder(settings, storage)
     run_dir = tmp_path / run_name
-    settings_file, lineage_file = prepare_run(run_dir, settings, {"mixture_hash": "m123", "pairs": {"p": "v1"}})
+    settings_file, lineage_file = prepare_run(run_dir, settings, {"mixture_hash": "m123", "pairs": {"p": "v1"}},
+                                              resume=resume)
     cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume=resume, extra=extra,
                            grace_s=settings.termination_grace_s)
     # W&B disabled (its offline service costs seconds per run) unless a test is about W&B
@@ -202,6 +203,34 @@ def test_the_trainers_parts_work_one_by_one_in_process(tmp_path, cache, monkeypa
     assert second.close("finished") == 0
 
 
+def test_an_emergency_save_right_after_resuming_keeps_the_checkpoint_it_resumed_from(tmp_path, cache, monkeypatch):
+    """A run stopped at step 1, resumed with ``latest`` and stopped again before it finished a
+    step saves ``emergency-1`` once more: the same state, so the folder is kept as it was."""
+    from spark_pipeline.training.trainer import Trainer
+
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    monkeypatch.delenv("DAGSTER_PIPES_CONTEXT", raising=False)
+    settings = _settings()
+    base = base_model_folder(settings, tmp_path / "storage")
+
+    def stopped_run(resume=""):
+        trainer = Trainer(settings, run_dir=tmp_path / "run", cache=cache, base_model=base, resume=resume)
+        if not resume:
+            assert not trainer.train_step().interrupted
+        trainer.stop_signal = "SIGTERM"
+        assert trainer.train_step().interrupted
+        folder = trainer.checkpoint("emergency")
+        assert trainer.close("SIGTERM") == 0
+        return trainer, folder
+
+    _, folder = stopped_run()
+    assert folder.name == "emergency-1"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+    resumed, again = stopped_run(resume="latest")
+    assert resumed.resumed_from == str(folder) and again == folder
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
+
+
 def test_health_monitor_nan_and_spikes():
     h = HealthMonitor()
     for i in range(20):
@@ -240,6 +269,97 @@ def test_sigterm_then_resume_matches_a_straight_run(tmp_path, cache):
     lineage = json.loads((run_dir / "checkpoints" / "checkpoint-6" / "lineage.json").read_text())
     assert lineage["mixture_hash"] == "m123" and lineage["pairs"] == {"p": "v1"} and lineage["step"] == 6
     assert lineage["wandb_run_id"] == stopped["wandb_run_id"] and lineage["config_hash"] == settings.fingerprint()
+
+
+def _files(folder: Path) -> dict:
+    """Every file under ``folder`` with its modification time and bytes."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _program(run_dir, cache, base, settings_file, *args, timeout=240):
+    """The training program on its own (one process, no torchrun), as a shell would run it."""
+    import sys
+
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    return subprocess.run([sys.executable, "-m", "spark_pipeline.training", "--run-dir", str(run_dir), "--cache",
+                           str(cache), "--base-model", str(base), "--settings", str(settings_file), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_a_run_folder_belongs_to_one_run(tmp_path, cache):
+    """A second run started into a finished run's folder (the program's own command line, no
+    --resume) used to finish with status 0, keep the first run's checkpoints as its own and
+    overwrite its result.json. Now the program refuses before anything is written: without
+    --resume, with other settings, from another folder's checkpoint, from an earlier checkpoint
+    of the folder, and with --resume latest when there is nothing to continue from. The same
+    for the preparation of a launch (settings.json, lineage_input.json)."""
+    import shutil
+
+    from spark_pipeline.training.runs import RunFolderError
+
+    settings = _settings(max_steps=2, save_every_steps=1)
+    run_dir, first, _ = _run(tmp_path, cache, "run", settings)
+    assert first["steps"] == 2
+    base = base_model_folder(settings, tmp_path / "storage")
+    before = _files(run_dir)
+
+    # the same command again, through torchrun, without --resume
+    cmd = torchrun_command(1, run_dir, cache, base, run_dir / "settings.json", run_dir / "lineage_input.json",
+                           grace_s=settings.termination_grace_s)
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert again.returncode != 0, again.stdout[-2000:]
+    assert (f"error: run folder {run_dir} already holds a run (checkpoints checkpoint-1, checkpoint-2; result.json "
+            f"(exit finished at step 2); metrics.jsonl); refusing to write into it without resuming that run. "
+            f"Resume it (--resume latest), or give this run a new folder") in again.stderr, again.stderr[-3000:]
+    assert _files(run_dir) == before, "nothing was written or overwritten"
+
+    other = tmp_path / "other-settings.json"
+    other.write_text(json.dumps({**settings.to_dict(), "learning_rate": 1e-3}))
+    refused = _program(run_dir, cache, base, other, "--resume", "latest")
+    assert refused.returncode == 2 and (
+        f"error: run folder {run_dir} holds another run: its settings.json differs from this run's settings "
+        f"(learning_rate 0.005 there, 0.001 here)") in refused.stderr, refused.stderr[-3000:]
+
+    elsewhere = tmp_path / "elsewhere" / "checkpoint-1"
+    shutil.copytree(run_dir / "checkpoints" / "checkpoint-1", elsewhere)
+    refused = _program(run_dir, cache, base, run_dir / "settings.json", "--resume", str(elsewhere))
+    assert refused.returncode == 2 and f"and {elsewhere} is not one of its checkpoints" in refused.stderr, \
+        refused.stderr[-3000:]
+
+    earlier = run_dir / "checkpoints" / "checkpoint-1"
+    refused = _program(run_dir, cache, base, run_dir / "settings.json", "--resume", str(earlier))
+    assert refused.returncode == 2 and (
+        f"error: run folder {run_dir} holds checkpoints after step 1 (checkpoint-2); resuming from {earlier} would "
+        "train those steps again over them") in refused.stderr, refused.stderr[-3000:]
+    assert _files(run_dir) == before
+
+    # the run's checkpoints went to the bucket and were deleted here: latest finds none without --upload
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for name in ("settings.json", "lineage_input.json", "result.json"):
+        shutil.copy2(run_dir / name, gone / name)
+    gone_before = _files(gone)
+    refused = _program(gone, cache, base, gone / "settings.json", "--resume", "latest")
+    assert refused.returncode == 2 and (
+        f"error: run folder {gone} already holds a run (result.json (exit finished at step 2)), but --resume latest "
+        "found no healthy checkpoint of it to continue from (without --upload the bucket was not searched)"
+    ) in refused.stderr, refused.stderr[-3000:]
+    assert _files(gone) == gone_before
+
+    lineage = json.loads((run_dir / "lineage_input.json").read_text())
+    with pytest.raises(RunFolderError, match="its settings.json differs from this run's settings"):
+        prepare_run(run_dir, _settings(max_steps=3, save_every_steps=1), lineage, resume="latest")
+    with pytest.raises(RunFolderError, match="refusing to write into it without resuming that run"):
+        prepare_run(run_dir, settings, lineage)
+    with pytest.raises(RunFolderError, match=r"its lineage_input.json names other data \(mixture_hash 'm123' there, "
+                                             r"'m456' here\)"):
+        prepare_run(run_dir, settings, {**lineage, "mixture_hash": "m456"}, resume="latest")
+    assert _files(run_dir) == before, "nothing was written or overwritten"
+    prepare_run(run_dir, settings, {**lineage, "dagster_run_id": "next"}, resume="latest")  # a resume: fine
+    assert json.loads((run_dir / "lineage_input.json").read_text())["dagster_run_id"] == "next"
 
 
 def test_checkpoint_is_a_standard_peft_adapter_without_the_base_embeddings(tmp_path, cache):
@@ -341,6 +461,140 @@ def test_sigterm_from_outside_mid_step_saves_within_the_grace_period(tmp_path, c
     state = _load_state(base_model_folder(settings, tmp_path / "storage"), emergency, settings)
     assert state["step"] == 0 and state["rows_consumed"] == 0
     assert "SIGTERM during step 1: emergency checkpoint of step 0" in out
+
+
+_LAUNCHER = """
+import json, sys
+from pathlib import Path
+
+import dagster as dg
+
+from spark_pipeline.defs.training import launch_training
+from spark_pipeline.training.settings import TrainingSettings
+
+settings = TrainingSettings.from_dict(json.loads(Path(sys.argv[1]).read_text()))
+run_dir, cache, base = (Path(a) for a in sys.argv[2:5])
+
+
+@dg.asset
+def training(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
+    launch_training(context, pipes_subprocess_client, settings, run_dir, cache, base, {"mixture_hash": "m"}, nproc=2)
+
+
+dg.materialize([training], resources={"pipes_subprocess_client": dg.PipesSubprocessClient()})
+"""
+
+
+def _alive(procs) -> list:
+    import psutil
+
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _alive_after(procs, seconds: float) -> list:
+    """The processes still running (zombies count as gone) after at most ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _alive(procs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return _alive(procs)
+
+
+def _wait_for_steps(run_dir: Path, seconds: float, what) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().strip():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no step within {seconds} s:\n{what()}")
+
+
+@pytest.mark.parametrize("killed", ["launcher", "torchrun"])
+def test_training_processes_die_with_the_process_that_launched_them(tmp_path, cache, killed):
+    """SIGKILL mid-run of the process that launched training the way the pipeline does
+    (launch_training through Dagster Pipes: the Dagster step, the sweep's command), or of torchrun
+    itself: no torchrun and no worker of it is left running. torchrun gets SIGTERM when its
+    launcher dies and stops its workers as a scheduler's SIGTERM does; a worker gets SIGTERM when
+    torchrun dies. Either way the workers save an emergency checkpoint and exit. (Before: both
+    went on training, orphans, until the end of the run.)"""
+    import sys
+
+    import psutil
+
+    settings = _settings(max_steps=400, save_every_steps=400, termination_grace_s=20)
+    base = base_model_folder(settings, tmp_path / "storage")
+    run_dir = tmp_path / "run"
+    log = tmp_path / "launcher.log"
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    env.pop("DAGSTER_PIPES_CONTEXT", None)
+    if killed == "launcher":
+        (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
+        with log.open("w") as out:
+            launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(tmp_path / "settings.json"),
+                                         str(run_dir), str(cache), str(base)], env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+    else:
+        run_dir, launcher = _start(tmp_path, cache, "run", settings, nproc=2, extra=["--slow-micro-batch-s", "0.5"])
+        lines: list[str] = []
+        import threading
+
+        threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True).start()
+    tree: list = []
+    try:
+        _wait_for_steps(run_dir, 300, lambda: log.read_text()[-3000:] if killed == "launcher" else "".join(lines))
+        tree = psutil.Process(launcher.pid).children(recursive=True)
+        if killed == "torchrun":
+            tree.append(psutil.Process(launcher.pid))
+        workers = [p for p in tree if "spark_pipeline.training" in " ".join(p.cmdline()) and "--run-dir" in p.cmdline()
+                   and "torch.distributed.run" not in " ".join(p.cmdline()) and "torchrun" not in p.cmdline()[1]]
+        assert len(workers) == 2, [p.cmdline() for p in tree]
+        launcher.kill()  # SIGKILL: no handler runs in the killed process
+        launcher.wait()
+        left = _alive_after(tree, 90)
+        assert not left, f"still running 90 s after the {killed} was killed: {left}"
+    finally:  # whatever happened: nothing of this run is left behind
+        mine = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+        for p in _alive(tree + mine):
+            p.kill()
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.wait()
+    emergency = sorted((run_dir / "checkpoints").glob("emergency-*"))
+    assert emergency and (emergency[0] / "rng_state_0.pt").exists() and (emergency[0] / "rng_state_1.pt").exists(), \
+        "both workers saved the state of their last finished step"
+    assert json.loads((run_dir / "result.json").read_text())["exit"] == "SIGTERM"
+
+
+@pytest.mark.skipif(not os.uname().sysname == "Linux", reason="the parent-death signal is Linux's")
+def test_the_lifeline_ties_torchrun_to_its_launcher_and_stops_when_the_launcher_is_already_gone():
+    """``python -m spark_pipeline.training.lifeline CMD`` runs CMD in its own process with the
+    parent-death signal set (it survives exec) and its pid recorded for the workers; a launcher
+    that died before the call (the process already has another parent) stops it at once."""
+    import sys
+
+    env = dict(os.environ, SPARK_LAUNCHER_PID=str(os.getpid()))
+    probe = ("import ctypes, os; s = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(s), 0, 0, 0); "
+             "print(s.value, os.environ['SPARK_TORCHRUN_PID'] == str(os.getpid()))")
+    tied = subprocess.run([sys.executable, "-m", "spark_pipeline.training.lifeline", sys.executable, "-c", probe],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert tied.returncode == 0 and tied.stdout.split() == [str(int(signal.SIGTERM)), "True"], tied.stderr
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    env["SPARK_LAUNCHER_PID"] = str(gone.pid)
+    late = subprocess.run([sys.executable, "-m", "spark_pipeline.training.lifeline", "sleep", "60"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert late.returncode == -signal.SIGTERM and f"its parent {gone.pid} is gone; stopping" in late.stderr
 
 
 def test_resume_latest_reads_the_bucket_and_never_overwrites_a_checkpoint(tmp_path, cache, monkeypatch):
@@ -528,21 +782,37 @@ def test_flops_per_token_for_the_hero_model():
     assert flops_per_token(hero.shape, hero.max_length, hero.lora_r) / 1e9 == pytest.approx(37.2, abs=0.05)
 
 
-def test_a_complete_checkpoint_is_never_written_again(tmp_path):
-    from spark_pipeline.training.checkpoint import save_checkpoint
+def test_a_complete_checkpoint_is_never_written_again_and_a_different_one_is_an_error(tmp_path):
+    """The same state again (an emergency save right after resuming from that checkpoint) keeps
+    the folder as it is; other adapter weights, rows consumed or data under the same name are an
+    error that names what differs, and nothing in the folder changes."""
+    from spark_pipeline.training.checkpoint import CheckpointExistsError, save_checkpoint
 
     model = add_adapters(build_base_model({**SHAPE, "vocab_size": 300, "pad_token_id": 299, "eos_token_id": 298},
                                           seed=0), LoraSettings(4, 8, 0.0, True))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     sched = warmup_cosine(opt, 10, 0.1)
-    folder = save_checkpoint(tmp_path / "emergency-4", model, opt, sched, {"step": 4}, {}, 0, 1)
-    first = (folder / "adapter_model.safetensors").stat().st_mtime_ns
+    state = {"step": 4, "rows_consumed": 8, "data_fingerprint": "d1"}
+    folder = save_checkpoint(tmp_path / "emergency-4", model, opt, sched, state, {}, 0, 1)
+
+    def snapshot():
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+
+    before = snapshot()
+    assert save_checkpoint(folder, model, opt, sched, dict(state), {}, 0, 1) == folder, "the same state: kept"
+    assert snapshot() == before
+    for other, what in (({**state, "rows_consumed": 10}, "rows_consumed 8 there, 10 here"),
+                        ({**state, "data_fingerprint": "d2"}, "data_fingerprint 'd1' there, 'd2' here")):
+        with pytest.raises(CheckpointExistsError, match=what):
+            save_checkpoint(folder, model, opt, sched, other, {}, 0, 1)
     with torch.no_grad():
-        next(p for p in model.parameters() if p.requires_grad).add_(1.0)
-    assert save_checkpoint(folder, model, opt, sched, {"step": 4}, {}, 0, 1) == folder
-    assert (folder / "adapter_model.safetensors").stat().st_mtime_ns == first, "kept as it was"
+        next(p for n, p in model.named_parameters() if "lora_A" in n).add_(1.0)
+    with pytest.raises(CheckpointExistsError, match=r"emergency-4 already holds a checkpoint of step 4 with other "
+                                                    r"adapter weights \(1 of 32 tensors differ"):
+        save_checkpoint(folder, model, opt, sched, dict(state), {}, 0, 1)
+    assert snapshot() == before, "nothing was written"
     with pytest.raises(FileExistsError, match="immutable"):
-        save_checkpoint(folder, model, opt, sched, {"step": 5}, {}, 0, 1)
+        save_checkpoint(folder, model, opt, sched, {**state, "step": 5}, {}, 0, 1)
 
 
 def test_a_checkpoint_saved_with_the_old_lambda_schedule_resumes_on_the_chain(tmp_path):

@@ -16,11 +16,12 @@ from spark_pipeline.training.launch import (
     base_model_folder,
     current_inputs,
     k8s_launch,
+    launcher_env,
     prepare_run,
     tokenizer_name,
     torchrun_command,
 )
-from spark_pipeline.training.runs import latest_run_with_checkpoints, new_run_id
+from spark_pipeline.training.runs import RunFolderError, latest_run_with_checkpoints, new_run_id
 from spark_pipeline.training.settings import TrainingSettings
 
 
@@ -139,7 +140,10 @@ def launch_training(context, pipes_subprocess_client, settings: TrainingSettings
     subprocess by default, the GPU pod when ``SPARK_TRAIN_LAUNCHER=k8s``. Returns the Pipes
     invocation (its custom messages are the per-step metrics); a failed run raises a
     ``dg.Failure`` that names divergence or the crash."""
-    settings_file, lineage_file = prepare_run(run_dir, settings, lineage)
+    try:
+        settings_file, lineage_file = prepare_run(run_dir, settings, lineage, resume)
+    except RunFolderError as exc:
+        raise dg.Failure(str(exc)) from exc
     extra = (["--upload", upload] if upload else []) + (["--keep-local"] if keep_local else [])
     cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume, max_steps,
                            extra, grace_s=settings.termination_grace_s)
@@ -160,7 +164,9 @@ def launch_training(context, pipes_subprocess_client, settings: TrainingSettings
             context.log.info(f"launching the training pod ({launch['image']}, {settings.gpus} GPUs, grace "
                              f"{launch['base_pod_spec']['terminationGracePeriodSeconds']} s)")
             return PipesK8sClient().run(context=context, **launch)
-        return pipes_subprocess_client.run(command=cmd, context=context, env=env)
+        # torchrun and its workers die with this process (training/lifeline.py); Pipes' client
+        # starts it from this thread and waits for it here
+        return pipes_subprocess_client.run(command=cmd, context=context, env={**env, **launcher_env()})
     except DagsterPipesExecutionError as exc:
         raise _training_failure(run_dir, exc) from exc
 

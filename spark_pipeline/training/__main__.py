@@ -1,7 +1,12 @@
 import os
 import sys
 
-from spark_pipeline.training.loop import main
+from spark_pipeline.training.lifeline import tie_to_torchrun
+
+# First, before the imports that take seconds: a worker whose torchrun dies is stopped.
+tie_to_torchrun()
+
+from spark_pipeline.training.loop import main  # noqa: E402
 
 code = main()
 # Everything is on disk and reported by now. Leave without interpreter teardown: destroying

@@ -10,8 +10,11 @@
                                        adapter sha256 and adapter digest (config + weights)
 
 Written into a temporary folder and renamed when complete; never overwritten afterwards
-(:mod:`.runs`). PEFT is told not to save the
-base model's full embedding and lm_head matrices (1.5 GiB at 7B): only the adapters.
+(:mod:`.runs`). Saving over a complete checkpoint keeps it only when it holds the same state
+(step, rows consumed, data, settings, adapter configuration and weights), which is what an
+emergency save right after resuming from it writes; anything else is a
+:class:`CheckpointExistsError`. PEFT is told not to save the base model's full embedding and
+lm_head matrices (1.5 GiB at 7B): only the adapters.
 """
 
 from __future__ import annotations
@@ -71,17 +74,68 @@ def adapter_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+class CheckpointExistsError(FileExistsError):
+    """A complete checkpoint of the same name holds another state: checkpoints are immutable."""
+
+
+#: The trainer state that makes two checkpoints of one step the same point of one run.
+SAME_STATE_KEYS = ("step", "rows_consumed", "data_fingerprint", "settings_hash")
+#: The adapter configuration that makes the same weights act the same.
+SAME_ADAPTER_KEYS = ("r", "lora_alpha", "use_rslora", "target_modules")
+
+
+def checkpoint_differences(folder: Path, model, trainer_state: dict) -> list[str]:
+    """What differs between the complete checkpoint in ``folder`` and the state ``model`` and
+    ``trainer_state`` would be saved as: trainer-state keys, adapter configuration, and the
+    adapter weights tensor by tensor (read one at a time). Empty when they are the same.
+    Optimizer, schedule and RNG states are not compared: at the same step, rows and weights
+    they follow from the same history."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    there = load_trainer_state(folder)
+    differ = [f"{key} {there[key]!r} there, {trainer_state[key]!r} here" for key in SAME_STATE_KEYS
+              if key in there and key in trainer_state and there[key] != trainer_state[key]]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    ours = model.peft_config[model.active_adapter].to_dict()
+    for key in SAME_ADAPTER_KEYS:
+        a, b = config.get(key), ours.get(key)
+        if key == "target_modules" and a is not None and b is not None and not isinstance(a, str):
+            a, b = sorted(a), sorted(b)
+        if a != b:
+            differ.append(f"adapter {key} {a!r} there, {b!r} here")
+    weights = get_peft_model_state_dict(model, save_embedding_layers=False)
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as saved:
+        names = set(saved.keys())
+        if names != set(weights):
+            differ.append(f"other adapter tensors ({len(names ^ set(weights))} names in only one of them)")
+        else:
+            changed = [k for k in sorted(names) if not torch.equal(saved.get_tensor(k), weights[k].detach().cpu())]
+            if changed:
+                differ.append(f"other adapter weights ({len(changed)} of {len(names)} tensors differ, e.g. "
+                              f"{changed[0]})")
+    return differ
+
+
 def save_checkpoint(folder: Path, model, optimizer, scheduler, trainer_state: dict, lineage: dict, rank: int,
                     world: int, barrier=None) -> Path:
     """Rank 0 writes the shared files; every rank writes its RNG state. A complete checkpoint
-    is never written again: if ``folder`` already holds one of the same step (an emergency
-    save right after resuming from it), it is kept as it is; of another step, it is an error."""
+    is never written again: if ``folder`` already holds one of the same state (an emergency
+    save right after resuming from it), it is kept as it is; of another step or another state
+    (other weights, rows consumed or data), it is an error and nothing is written. Every rank
+    compares (their adapters are the same), so all of them keep it or all of them raise."""
     folder = Path(folder)
     if (folder / "trainer_state.json").exists():
         existing = load_trainer_state(folder)["step"]
         if existing != trainer_state["step"]:
-            raise FileExistsError(f"{folder} already holds the checkpoint of step {existing}; checkpoints are "
-                                  f"immutable, refusing to write step {trainer_state['step']} over it")
+            raise CheckpointExistsError(f"{folder} already holds the checkpoint of step {existing}; checkpoints are "
+                                        f"immutable, refusing to write step {trainer_state['step']} over it")
+        differ = checkpoint_differences(folder, model, trainer_state)
+        if differ:
+            raise CheckpointExistsError(
+                f"{folder} already holds a checkpoint of step {existing} with {'; '.join(differ)}: it is not this "
+                "run's state. Checkpoints are immutable: refusing to write over it or to count it as this run's")
         return folder
     tmp = folder.parent / f".{folder.name}.tmp"
     if rank == 0:

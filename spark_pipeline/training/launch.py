@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from spark_pipeline.records import atomic_write_json
+from spark_pipeline.training.lifeline import LAUNCHER_PID
 from spark_pipeline.training.model import ensure_base_model
+from spark_pipeline.training.runs import check_lineage, check_settings, claim_run_folder
 from spark_pipeline.training.settings import TrainingSettings
 
 
@@ -31,12 +34,23 @@ def tokenizer_name(name: str, settings: TrainingSettings, storage: Path) -> str:
     return f"hf:{base_model_folder(settings, storage)}" if name == "base_model" else name
 
 
-def prepare_run(run_dir: Path, settings: TrainingSettings, lineage: dict) -> tuple[Path, Path]:
+def prepare_run(run_dir: Path, settings: TrainingSettings, lineage: dict, resume: str = "") -> tuple[Path, Path]:
+    """``settings.json`` and ``lineage_input.json`` of a launch into ``run_dir``. A folder that
+    already holds a run is refused (:class:`RunFolderError`, nothing written) when its settings
+    or data differ, or when it holds that run's outputs and this launch does not ``resume``; a
+    resume keeps ``settings.json`` as it is and records its own lineage (the Dagster run id
+    changes). The program checks the rest (which checkpoint it continues from) itself."""
+    check_settings(run_dir, settings.to_dict())
+    check_lineage(run_dir, lineage)
+    if not resume:
+        claim_run_folder(run_dir, settings.to_dict())
     run_dir.mkdir(parents=True, exist_ok=True)
     settings_file = run_dir / "settings.json"
     lineage_file = run_dir / "lineage_input.json"
-    atomic_write_json(settings_file, settings.to_dict())
-    atomic_write_json(lineage_file, lineage)
+    if not settings_file.exists():
+        atomic_write_json(settings_file, settings.to_dict())
+    if not lineage_file.exists() or json.loads(lineage_file.read_text()) != lineage:
+        atomic_write_json(lineage_file, lineage)
     return settings_file, lineage_file
 
 
@@ -44,18 +58,27 @@ def torchrun_command(nproc: int, run_dir: Path, cache: Path, base_model: Path, s
                      lineage_file: Path, resume: str = "", max_steps: int = 0, extra: list[str] | None = None,
                      grace_s: int = 30) -> list[str]:
     """torchrun gives its workers ``grace_s`` seconds between SIGTERM and SIGKILL (its own
-    default is 30 s, shorter than one hero step): ``termination_grace_s`` of the settings."""
+    default is 30 s, shorter than one hero step): ``termination_grace_s`` of the settings.
+    It is started through :mod:`.lifeline`, which ties it to the launcher that sets
+    ``SPARK_LAUNCHER_PID`` (:func:`launcher_env`) and then runs torchrun in the same process."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = launcher + ["--standalone", f"--nproc_per_node={nproc}", f"--shutdown-timeout={int(grace_s)}",
-                      "-m", "spark_pipeline.training",
-                      "--run-dir", str(run_dir), "--cache", str(cache), "--base-model", str(base_model),
-                      "--settings", str(settings_file), "--lineage", str(lineage_file)]
+    lifeline = [sys.executable, "-m", "spark_pipeline.training.lifeline"]
+    cmd = lifeline + launcher + ["--standalone", f"--nproc_per_node={nproc}", f"--shutdown-timeout={int(grace_s)}",
+                                 "-m", "spark_pipeline.training",
+                                 "--run-dir", str(run_dir), "--cache", str(cache), "--base-model", str(base_model),
+                                 "--settings", str(settings_file), "--lineage", str(lineage_file)]
     if resume:
         cmd += ["--resume", resume]
     if max_steps:
         cmd += ["--max-steps", str(max_steps)]
     return cmd + (extra or [])
+
+
+def launcher_env() -> dict[str, str]:
+    """What a process that starts :func:`torchrun_command` and waits for it puts into its
+    environment so that torchrun, and with it its workers, die with that process."""
+    return {LAUNCHER_PID: str(os.getpid())}
 
 
 class LaunchError(RuntimeError):
@@ -109,8 +132,6 @@ def k8s_launch(settings: TrainingSettings, cmd: list[str], upload_root: str, env
     """The arguments of ``PipesK8sClient.run`` for the training pod: the GPU image
     (``$SPARK_TRAIN_IMAGE``), torchrun as the pod's command, and the pod spec of
     :func:`spark_pipeline.k8s.training_pod_spec` (GPUs, /dev/shm, grace period, storage)."""
-    import os
-
     from spark_pipeline.k8s import training_pod_spec
 
     image = os.environ.get("SPARK_TRAIN_IMAGE", "")

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from spark_pipeline.training.checkpoint import CheckpointExistsError
+from spark_pipeline.training.runs import RunFolderError
 from spark_pipeline.training.settings import SettingsError, TrainingSettings
 from spark_pipeline.training.trainer import Trainer
 
@@ -71,7 +73,18 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     lineage = json.loads(args.lineage.read_text()) if args.lineage else {}
-    # 2-5. device, model and adapters, process group and DDP, optimizer and schedule, resume
+    try:
+        return run(args, settings, lineage)
+    except (RunFolderError, CheckpointExistsError) as exc:
+        # another run's folder or checkpoint: said once (every rank finds the same), nothing written
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def run(args, settings: TrainingSettings, lineage: dict) -> int:
+    # 2-5. a run folder that is new or this run's, device, model and adapters, process group and DDP,
+    # optimizer and schedule, resume
     trainer = Trainer(settings, run_dir=args.run_dir, cache=args.cache, base_model=args.base_model, lineage=lineage,
                       resume=args.resume, upload=args.upload, keep_local=args.keep_local, max_steps=args.max_steps,
                       gpu_peak_tflops=args.gpu_peak_tflops, slow_micro_batch_s=args.slow_micro_batch_s)

@@ -10,20 +10,31 @@ A checkpoint's key — the ``checkpoints`` partition, the evaluation tables' nam
 ``<name>.<run id>--checkpoint-<step>``, so a new run's checkpoints are new partitions even
 at the same steps. Checkpoints marked ``UNHEALTHY`` (written after the last step whose
 weights were sound, in a run that diverged) and emergency checkpoints are not evaluated.
+
+A run folder belongs to one run (:func:`claim_run_folder`): the training program, and the
+preparation of a launch, refuse a folder that holds another run's settings, checkpoints,
+``result.json`` or ``metrics.jsonl`` unless they continue that run, before writing anything.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import secrets
 from pathlib import Path
 
-from spark_pipeline.training.gcs import UNHEALTHY, make_client, parse_url, uploaded_folders
+from spark_pipeline.training.gcs import UNHEALTHY, list_checkpoints, make_client, parse_url, uploaded_folders
 
 _KEY = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)\.(?P<run>[A-Za-z0-9_-]+)--(?P<ckpt>checkpoint-\d+)$")
 _RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
+_STEP = re.compile(r"-(\d+)$")
+#: The lineage that says which data and base model a run trains on: a launch into an existing
+#: run folder must name the same (the rest, such as the Dagster run id, may change on a resume).
+#: The cache key covers the tokenizer's fingerprint; the base model is its weights' hash (its
+#: folder may be mounted elsewhere).
+DATA_LINEAGE_KEYS = ("mixture_hash", "tokenized_cache", "base_model")
 
 
 def new_run_id() -> str:
@@ -127,3 +138,132 @@ def mark_unhealthy_in_bucket(urls, reason: str, client=None) -> list[str]:
         client.bucket(bucket).blob(f"{prefix}/{UNHEALTHY}").upload_from_string(reason + "\n")
         marked.append(url)
     return marked
+
+
+class RunFolderError(RuntimeError):
+    """A run folder holds another run (its settings, checkpoints or results) that this launch
+    does not continue; the message names the folder, what it holds and what to do instead."""
+
+
+def _differences(there: dict, here: dict, keys=None, limit: int = 5) -> list[str]:
+    keys = sorted(set(there) | set(here)) if keys is None else [k for k in keys if k in there and k in here]
+    differ = [f"{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in keys if there.get(k) != here.get(k)]
+    return differ[:limit] + ([f"{len(differ) - limit} more"] if len(differ) > limit else [])
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[int, str, Path]]:
+    """The complete checkpoints in a run folder (downloaded ones too): (step, name as shown, folder)."""
+    found = []
+    for sub in ("checkpoints", "downloaded"):
+        for folder in (run_dir / sub).glob("*-*"):
+            state = folder / "trainer_state.json"
+            if folder.is_dir() and state.exists():
+                name = folder.name if sub == "checkpoints" else f"{sub}/{folder.name}"
+                found.append((int(json.loads(state.read_text())["step"]), name + ("" if healthy(folder) else
+                                                                                  " (UNHEALTHY)"), folder))
+    return sorted(found, key=lambda c: (c[0], c[1]))
+
+
+def run_outputs(run_dir: Path) -> list[str]:
+    """What a run has left in its folder, said for a message: its complete checkpoints,
+    ``result.json`` (with how it ended) and ``metrics.jsonl``; empty for a new or only prepared folder."""
+    run_dir = Path(run_dir)
+    held = []
+    checkpoints = _checkpoints(run_dir)
+    if checkpoints:
+        held.append("checkpoints " + ", ".join(name for _, name, _ in checkpoints))
+    result = run_dir / "result.json"
+    if result.exists():
+        try:
+            summary = json.loads(result.read_text())
+            held.append(f"result.json (exit {summary.get('exit')} at step {summary.get('steps')})")
+        except (OSError, ValueError):
+            held.append("result.json")
+    if (run_dir / "metrics.jsonl").exists():
+        held.append("metrics.jsonl")
+    return held
+
+
+def check_settings(run_dir: Path, settings: dict) -> None:
+    """The folder's ``settings.json``, when there is one, must be these settings (read the way
+    the program reads it, so a file from before a setting existed compares with its default)."""
+    from spark_pipeline.training.settings import SettingsError, TrainingSettings
+
+    path = Path(run_dir) / "settings.json"
+    if not path.exists():
+        return
+    try:
+        there = TrainingSettings.from_dict(json.loads(path.read_text()), source=str(path)).to_dict()
+    except (OSError, ValueError, SettingsError) as exc:
+        raise RunFolderError(f"run folder {run_dir} holds settings.json that cannot be read ({exc}); refusing to "
+                             "write into it. Give this run a new folder") from exc
+    differ = _differences(there, settings)
+    if differ:
+        raise RunFolderError(f"run folder {run_dir} holds another run: its settings.json differs from this run's "
+                             f"settings ({'; '.join(differ)}); refusing to write into it. Resume that run with its "
+                             f"own settings ({path}), or give this run a new folder")
+
+
+def check_lineage(run_dir: Path, lineage: dict) -> None:
+    """The folder's ``lineage_input.json``, when there is one, must name the same data and base model."""
+    path = Path(run_dir) / "lineage_input.json"
+    if not path.exists():
+        return
+
+    def data(values: dict) -> dict:
+        base = values.get("base_model")
+        return {**values, "base_model": base.get("weights_sha256")} if isinstance(base, dict) else values
+
+    differ = _differences(data(json.loads(path.read_text())), data(lineage), DATA_LINEAGE_KEYS)
+    if differ:
+        raise RunFolderError(f"run folder {run_dir} holds another run: its lineage_input.json names other data "
+                             f"({'; '.join(differ)}); refusing to write into it. Give this run a new folder")
+
+
+def _step_of(checkpoint: str) -> int | None:
+    state = Path(checkpoint) / "trainer_state.json"
+    if not checkpoint.startswith("gs://") and state.exists():
+        return int(json.loads(state.read_text())["step"])
+    m = _STEP.search(checkpoint.rstrip("/"))
+    return int(m.group(1)) if m else None
+
+
+def _of_this_run(run_dir: Path, checkpoint: str, upload: str) -> bool:
+    if checkpoint.startswith("gs://"):
+        return bool(upload) and checkpoint.startswith(upload.rstrip("/") + "/")
+    parent = Path(checkpoint).resolve().parent
+    return parent in ((run_dir / "checkpoints").resolve(), (run_dir / "downloaded").resolve())
+
+
+def claim_run_folder(run_dir: Path, settings: dict, resume: str = "", resolved: str = "", upload: str = "") -> None:
+    """Raise :class:`RunFolderError` unless a run with ``settings`` may write into ``run_dir``:
+    the folder is new (or only prepared with these settings), or this run continues the one
+    there — ``resume`` is ``latest`` or one of the folder's checkpoints (``resolved`` is the
+    checkpoint ``latest`` found, or ``resume`` itself; ``upload`` is the run's bucket prefix)
+    and no later checkpoint of the folder would be trained over. Reads only; call it before
+    anything is written."""
+    run_dir = Path(run_dir)
+    check_settings(run_dir, settings)
+    held = run_outputs(run_dir)
+    continuing = bool(resolved) and _of_this_run(run_dir, resolved, upload)
+    if held and not continuing:
+        holds = f"run folder {run_dir} already holds a run ({'; '.join(held)})"
+        if not resume:
+            raise RunFolderError(f"{holds}; refusing to write into it without resuming that run. Resume it "
+                                 "(--resume latest), or give this run a new folder")
+        if resume == "latest":
+            where = "" if upload else " (without --upload the bucket was not searched)"
+            raise RunFolderError(f"{holds}, but --resume latest found no healthy checkpoint of it to continue "
+                                 f"from{where}; refusing to start over in it. Give this run a new folder")
+        raise RunFolderError(f"{holds}, and {resume} is not one of its checkpoints; refusing to write into it. Start "
+                             "the new run from that checkpoint in a new folder, or continue this one (--resume latest)")
+    if continuing:
+        step = _step_of(resolved)
+        later = [name for s, name, _ in _checkpoints(run_dir) if step is not None and s > step]
+        if upload and step is not None:
+            later += [f"{upload.rstrip('/')}/{name}" for name, s in sorted(list_checkpoints(upload).items())
+                      if s > step]
+        if later:
+            raise RunFolderError(f"run folder {run_dir} holds checkpoints after step {step} ({', '.join(later)}); "
+                                 f"resuming from {resolved} would train those steps again over them. Resume the newest "
+                                 f"(--resume latest), or start a new run from {resolved} in a new folder")

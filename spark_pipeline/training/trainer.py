@@ -42,7 +42,7 @@ from spark_pipeline.training.health import HealthMonitor
 from spark_pipeline.training.loss import CausalLMLoss
 from spark_pipeline.training.model import LoraSettings, add_adapters, load_base_model, split_parameter_groups
 from spark_pipeline.training.reporter import Reporter
-from spark_pipeline.training.runs import mark_unhealthy
+from spark_pipeline.training.runs import claim_run_folder, mark_unhealthy
 from spark_pipeline.training.schedule import schedule_horizon, warmup_cosine
 from spark_pipeline.training.settings import TrainingSettings
 
@@ -108,6 +108,9 @@ class Trainer:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.upload = upload
+        # A run folder belongs to one run: refuse another run's folder before anything is written.
+        resolved = (latest_checkpoint(self.run_dir, upload) or "") if resume == "latest" else resume
+        claim_run_folder(self.run_dir, settings.to_dict(), resume, resolved, upload)
         self.gpu_peak_tflops = gpu_peak_tflops
         self.slow_micro_batch_s = slow_micro_batch_s
         self.max_steps = min(max_steps or settings.max_steps, settings.max_steps)
@@ -122,7 +125,7 @@ class Trainer:
         self._setup_optimizer()
         self.health = HealthMonitor(nan_limit=settings.nan_limit, param_norm_factor=settings.param_norm_factor)
         self.step, self.rows_consumed, run_id = 0, 0, None
-        self.resumed_from, self.resume_seconds = self._resume(resume)
+        self.resumed_from, self.resume_seconds = self._resume(resolved)
         if self.resumed_from:
             # ``latest`` continues this run, and its W&B run; a run started from a given checkpoint is a new one
             run_id = self._resumed_state.get("wandb_run_id") if resume == "latest" else None
@@ -218,10 +221,9 @@ class Trainer:
 
     def _resume(self, resume: str) -> tuple[str, float | None]:
         """Adapters, optimizer, schedule, RNG, health and the rows consumed of a checkpoint (a
-        folder, a gs:// URL, or ``latest``: the run's newest healthy one, local or uploaded)."""
+        folder or a gs:// URL; ``latest`` was resolved to the run's newest healthy one, local or
+        uploaded, by the constructor)."""
         self._resumed_state: dict = {}
-        if resume == "latest":
-            resume = latest_checkpoint(self.run_dir, self.upload) or ""
         if resume.startswith("gs://"):
             from spark_pipeline.training.gcs import download_checkpoint
 
