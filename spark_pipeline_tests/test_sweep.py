@@ -311,7 +311,7 @@ def test_a_sweep_killed_mid_trial_restarts_finishes_and_leaves_no_process_behind
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "is gone" in second.stdout and "pool slot(s) freed" in second.stdout, second.stdout[-3000:]
+    assert "is gone" in second.stdout and "pool slot(s) freed: gpu" in second.stdout, second.stdout[-3000:]
     assert "moved to" in second.stdout + second.stderr or "left running" in second.stdout + second.stderr
     analysis = json.loads((storage / "sweep" / "kill-test" / "analysis.json").read_text())
     assert analysis["completed_runs"] == 1

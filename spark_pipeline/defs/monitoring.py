@@ -50,10 +50,14 @@ def reclaim_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         reason = (f"its process (pid {process['pid']}) is gone: it was killed or crashed without finishing; "
                   "marked failed by spark so that its pool slots are free")
         instance.report_run_failed(run, reason)
-        freed = 0
-        if instance.event_log_storage.supports_global_concurrency_limits:
-            freed = instance.event_log_storage.free_concurrency_slots_for_run(run.run_id) or 0
-        said.append(f"run {run.run_id} ({run.job_name}) {reason}" + (f"; {freed} pool slot(s) freed" if freed else ""))
+        held = []
+        events = instance.event_log_storage
+        if events.supports_global_concurrency_limits:
+            held = [pool for pool in sorted(events.get_concurrency_keys())
+                    for slot in events.get_concurrency_info(pool).claimed_slots if slot.run_id == run.run_id]
+            events.free_concurrency_slots_for_run(run.run_id)
+        said.append(f"run {run.run_id} ({run.job_name}) {reason}"
+                    + (f"; its pool slot(s) freed: {', '.join(held)}" if held else ""))
     return said
 
 
