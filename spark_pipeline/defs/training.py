@@ -26,8 +26,9 @@ from spark_pipeline.training.settings import TrainingSettings
 
 
 class TokenizeConfig(dg.Config):
-    workers: int = Field(default=0, description="tokenizer processes; 0 means every core")
-    tokenizer: str = Field(default="", description="dolma2-offline | hf:{path} | base_model; empty: the profile's")
+    workers: int | None = Field(default=None, ge=1, description="tokenizer processes; unset: every core")
+    tokenizer: str | None = Field(default=None, min_length=1, description="dolma2-offline | hf:{path} | base_model; "
+                                  "unset: the profile's")
 
 
 @stage_asset(
@@ -72,16 +73,16 @@ def tokenized_cache(context: dg.AssetExecutionContext, config: TokenizeConfig, s
 
 
 class TrainConfig(dg.Config):
-    nproc: int = Field(default=0, description="processes (GPUs); 0: the profile's gpus, capped by the GPUs "
-                       "present, one process on a CPU-only machine")
-    resume: str = Field(default="", description="'' (a new run), 'latest' (continue the newest run that has a "
-                        "checkpoint, here or in the bucket), or a checkpoint folder or gs:// URL to start a new "
-                        "run from")
-    max_steps: int = Field(default=0, description="stop after this step; 0: the profile's")
+    nproc: int | None = Field(default=None, ge=1, description="processes (GPUs); unset: the profile's gpus, capped "
+                              "by the GPUs present, one process on a CPU-only machine")
+    resume: str | None = Field(default=None, min_length=1, description="unset: a new run; 'latest': continue the "
+                               "newest run that has a checkpoint, here or in the bucket; or a checkpoint folder or "
+                               "gs:// URL to start a new run from")
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this step; unset: the profile's")
     run_name: str = Field(default="hero", description="name under {storage}/runs/; each run gets its own id "
                           "folder below it")
-    upload: str = Field(default="", description="gs://bucket/prefix to copy checkpoints to in the background; "
-                        "empty: $SPARK_CHECKPOINT_URL, or no upload")
+    upload: str | None = Field(default=None, pattern=r"^gs://.+", description="gs://bucket/prefix to copy "
+                               "checkpoints to in the background; unset: $SPARK_CHECKPOINT_URL, or no upload")
     keep_local: bool = Field(default=False, description="keep local checkpoints after a verified upload")
 
 
@@ -110,7 +111,7 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     context.log.info(f"run {config.run_name}.{run_id} in {run_dir}" + (f", uploading to {upload}" if upload else ""))
     invocation = launch_training(context, pipes_subprocess_client, settings, run_dir, cache,
                                  base_model_folder(settings, storage.path()), lineage, nproc, resume=resume,
-                                 max_steps=config.max_steps, upload_root=upload_root, upload=upload,
+                                 max_steps=config.max_steps or 0, upload_root=upload_root, upload=upload,
                                  keep_local=config.keep_local)
     messages = invocation.get_custom_messages()
     result = invocation.get_materialize_result()
@@ -183,7 +184,7 @@ def _run_for(context, config: TrainConfig, storage: SparkStorage, upload_root: s
             return run_id, "latest"
         context.log.info(f"resume latest: no run of {config.run_name!r} has a checkpoint yet; starting a new run")
         return new_run_id(), ""
-    return new_run_id(), config.resume
+    return new_run_id(), config.resume or ""
 
 
 def _training_failure(run_dir, exc: Exception) -> dg.Failure:
