@@ -293,6 +293,7 @@ def test_train_hero_resume_latest_continues_its_run_in_its_folder_and_other_sett
     assert built["run"](["train_hero"], run_config={"ops": {"train_hero": {"config": {"max_steps": 1}}}}).success
     [folder] = run_folders(storage, "hero")
     settings_before = (folder / "settings.json").read_bytes()
+    assert json.loads((folder / "config.json").read_text())["profile"] == "demo", "the run's whole profile beside it"
     latest = {"ops": {"train_hero": {"config": {"max_steps": 2, "resume": "latest"}}}}
     resumed = built["run"](["train_hero"], run_config=latest)
     assert resumed.success

@@ -119,7 +119,8 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
                                               "seed": seed, "storage": shown_url}}
         try:
             launch_training(context, pipes_subprocess_client, settings, run_dir, cache, base, trial_lineage, nproc=1,
-                            max_steps=sweep.max_steps, wandb_group=f"sweep-{sweep.study}")
+                            max_steps=sweep.max_steps, wandb_group=f"sweep-{sweep.study}",
+                            profile=spark_config.name())
         except dg.Failure:
             diverged = (run_dir / "result.json").exists() and \
                 json.loads((run_dir / "result.json").read_text()).get("exit") == "diverged"

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field
 
+from spark_pipeline.config import write_resolved
 from spark_pipeline.defs.resources import SparkConfig, SparkStorage, stage_asset
 from spark_pipeline.plots import embed_png, loss_plot, sparkline_markdown
 from spark_pipeline.records import read_json
@@ -112,7 +113,7 @@ def train_hero(context: dg.AssetExecutionContext, config: TrainConfig, storage: 
     invocation = launch_training(context, pipes_subprocess_client, settings, run_dir, cache,
                                  base_model_folder(settings, storage.path()), lineage, nproc, resume=resume,
                                  max_steps=config.max_steps or 0, upload_root=upload_root, upload=upload,
-                                 keep_local=config.keep_local)
+                                 keep_local=config.keep_local, profile=spark_config.name())
     messages = invocation.get_custom_messages()
     result = invocation.get_materialize_result()
     plot = loss_plot(messages, run_dir / "loss.png")
@@ -136,7 +137,7 @@ def training_inputs(context, storage: SparkStorage, settings: TrainingSettings) 
 
 def launch_training(context, pipes_subprocess_client, settings: TrainingSettings, run_dir, cache, base, lineage: dict,
                     nproc: int, resume: str = "", max_steps: int = 0, upload_root: str = "", upload: str = "",
-                    keep_local: bool = False, wandb_group: str = ""):
+                    keep_local: bool = False, wandb_group: str = "", profile: str | None = None):
     """One run of ``torchrun -m spark_pipeline.training`` through Dagster Pipes: the local
     subprocess by default, the GPU pod when ``SPARK_TRAIN_LAUNCHER=k8s``. Returns the Pipes
     invocation (its custom messages are the per-step metrics); a failed run raises a
@@ -145,6 +146,7 @@ def launch_training(context, pipes_subprocess_client, settings: TrainingSettings
         settings_file, lineage_file = prepare_run(run_dir, settings, lineage, resume)
     except RunFolderError as exc:
         raise dg.Failure(str(exc)) from exc
+    write_resolved(run_dir, profile)  # the whole profile beside settings.json (the training section, flat)
     extra = (["--upload", upload] if upload else []) + (["--keep-local"] if keep_local else [])
     cmd = torchrun_command(nproc, run_dir, cache, base, settings_file, lineage_file, resume, max_steps,
                            extra, grace_s=settings.termination_grace_s)
