@@ -285,7 +285,7 @@ def test_a_sweep_killed_mid_trial_restarts_finishes_and_leaves_no_process_behind
     storage = isolated_env
     shutil.copy(PROJECT_DIR / "dagster.yaml", Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml")  # pool gpu: 1 slot
     config = tmp_path / "one-cell.yaml"
-    config.write_text(yaml.safe_dump({"study": "kill-test", "seeds": [0], "max_steps": 40,
+    config.write_text(yaml.safe_dump({"study": "kill-test", "seeds": [0], "max_steps": 12,
                                       "space": {"lora_r": [4], "targets": ["attention"], "learning_rate": [2.0e-3]}}))
     env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "spark_pipeline", "sweep", "--config", str(config)]
@@ -297,7 +297,7 @@ def test_a_sweep_killed_mid_trial_restarts_finishes_and_leaves_no_process_behind
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no trial started"
             time.sleep(0.2)
-        time.sleep(3)  # mid-trial
+        time.sleep(1)  # mid-trial
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
