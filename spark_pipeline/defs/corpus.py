@@ -40,11 +40,20 @@ from spark_pipeline.defs.resources import (
 from spark_pipeline.plots import bar_chart, embed_png, histogram
 from spark_pipeline.records import atomic_write_json, read_json
 from spark_pipeline.settings import SAMPLE_DIR
-from spark_pipeline.specmap.pairs import PairError, record_path, record_version
+from spark_pipeline.specmap.pairs import PairError, current_registry, record_path, record_version
 
 
 def _settings(config: SparkConfig) -> CorpusSettings:
     return CorpusSettings.load(config.name())
+
+
+def _check_pair(storage: SparkStorage, pair_id: str) -> None:
+    """The pair's manifest entry is the one its record was made from (a held-out flag or a
+    category changed since fails here, naming what to materialize again)."""
+    try:
+        current_registry(storage.path(), pair_id)
+    except PairError as exc:
+        raise dg.Failure(str(exc)) from exc
 
 
 def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list[dict], dict, dict]:
@@ -68,6 +77,7 @@ def _ordered_samples(storage: SparkStorage, log) -> tuple[dict, list[dict], list
 )
 def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     pair_id = context.partition_key
+    _check_pair(storage, pair_id)
     settings = _settings(spark_config)
     mapping = storage.path("specmap", pair_id, "mapping.txt")
     sidecar = read_json(storage.path("specmap", pair_id, "mapping.json"))
@@ -107,6 +117,7 @@ def section_chunks(context: dg.AssetExecutionContext, storage: SparkStorage, spa
 )
 def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     pair_id = context.partition_key
+    _check_pair(storage, pair_id)
     settings = _settings(spark_config)
     chunks_path = storage.path("corpus", "chunks", f"{pair_id}.parquet")
     if not chunks_path.exists():
