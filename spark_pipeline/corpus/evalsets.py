@@ -13,22 +13,20 @@
   datasheet share its text; that text comes from a training pair, so it is no held-out
   text. Every in-domain sample is a training pair's sample, so the two sets are disjoint
   by construction.
-* Contamination: a training sample whose text equals an evaluation sample's (hash of the
-  whitespace-normalised text), or whose 5-word shingles have a MinHash Jaccard estimate of
-  at least ``minhash_threshold`` with one, is reported, and dropped if so configured.
+* Contamination (:class:`~spark_pipeline.corpus.integrity.EvalIndex`, used here and by the
+  mixture): a training sample that copies an evaluation sample (the same normalised text),
+  or whose 5-word shingles reach ``minhash_threshold`` in exact Jaccard or containment with
+  one, is reported, and dropped from training if so configured.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 
 from spark_pipeline.corpus.integrity import Contamination, Duplicate, EvalIndex, deduplicate
 from spark_pipeline.corpus.settings import EvalSettings
-
-_WORDS = re.compile(r"\w+")
 
 
 def select_in_domain(samples: list[dict], settings: EvalSettings) -> list[dict]:
@@ -93,42 +91,3 @@ def evaluation_sets(domain: list[dict], held_out: list[dict], settings: EvalSett
     unshared, shared = unshared_held_out(held_out, domain, threshold)
     held, out_dups = deduplicate(unshared, threshold, permutations)
     return EvalSets(in_domain, held, in_dups, out_dups, shared)
-
-
-def shingles(text: str, n: int = 5) -> set[str]:
-    words = _WORDS.findall(text.lower())
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-class ContaminationIndex:
-    """Exact and near-duplicate look-ups against the evaluation samples."""
-
-    def __init__(self, eval_rows: list[dict], threshold: float, permutations: int):
-        from datasketch import MinHash, MinHashLSH
-
-        self._MinHash = MinHash
-        self.permutations = permutations
-        self.exact = {r["sample_hash"]: r for r in eval_rows}
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=permutations)
-        self.keys: dict[str, dict] = {}
-        for i, row in enumerate(eval_rows):
-            key = f"e{i}"
-            self.lsh.insert(key, self._minhash(row["text"]))
-            self.keys[key] = row
-
-    def _minhash(self, text: str):
-        m = self._MinHash(num_perm=self.permutations, seed=1)
-        for sh in shingles(text):
-            m.update(sh.encode("utf-8"))
-        return m
-
-    def match(self, row: dict) -> tuple[str, dict] | None:
-        """("exact" | "near", the evaluation row) or None."""
-        if row["sample_hash"] in self.exact:
-            return "exact", self.exact[row["sample_hash"]]
-        hits = self.lsh.query(self._minhash(row["text"]))
-        if hits:
-            return "near", self.keys[sorted(hits)[0]]
-        return None
