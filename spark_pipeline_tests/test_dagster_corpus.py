@@ -441,6 +441,17 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert not (storage / "evaluation" / key / "table.parquet").exists()
     assert (storage / "evaluation" / key / "BLOCKED").exists()
     assert list((storage / "evaluation" / key).glob("withdrawn-*/table.parquet"))
+    # its published release says so too (it used to stay published)
+    from spark_pipeline.release.build import verify_sums
+
+    released = storage / "releases" / key
+    assert f"its release {released} is marked WITHDRAWN" in error
+    assert "**WITHDRAWN**" in (released / "README.md").read_text() and (released / "WITHDRAWN").exists()
+    assert json.loads((released / "lineage.json").read_text())["withdrawn"]["reason"].startswith(f"checkpoint {key}")
+    assert verify_sums(released) == []
+    again = built["run"](["release"], key)
+    assert not again.success and "evaluation is blocked" in \
+        next(e for e in again.all_events if e.is_step_failure).step_failure_data.error.message
     report = built["run"](["evaluation_report"])
     assert not report.success, "no table is left to report"
     config_file.write_text(original)

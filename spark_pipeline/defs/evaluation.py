@@ -162,10 +162,15 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     except EvaluationError as exc:
         raise dg.Failure(str(exc)) from exc
     if not sanity["passed"]:
+        from spark_pipeline.release.build import withdraw_release
+
         withdrawn = withdraw(out, sanity)
-        raise dg.Failure(f"checkpoint {key}: the adapter did not load as trained ({'; '.join(sanity['reasons'])}); "
-                         "no numbers are reported" + (f"; its earlier tables were withdrawn to {withdrawn}"
-                                                      if withdrawn else ""),
+        reason = f"the adapter did not load as trained ({'; '.join(sanity['reasons'])})"
+        released = withdraw_release(storage.path("releases", key), f"checkpoint {key}: {reason}")
+        raise dg.Failure(f"checkpoint {key}: {reason}; no numbers are reported"
+                         + (f"; its earlier tables were withdrawn to {withdrawn}" if withdrawn else "")
+                         + (f"; its release {storage.path('releases', key)} is marked WITHDRAWN"
+                            + (f" ({released['bucket']})" if released.get("bucket") else "") if released else ""),
                          metadata={"sanity": dg.MetadataValue.json(sanity)})
     write_tables(out, rows, records)
     write_resolved(out, spark_config.name())
