@@ -417,6 +417,8 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     meta = report.asset_materializations_for_node("evaluation_report")[0].metadata
     assert "data:image/png;base64," in meta["perplexity_over_checkpoints"].value
     assert len(meta["perplexity_inline"].value) < 1000 and "svg" in meta["perplexity_inline"].value
+    columns = {c.name: c.description for c in meta["latest_vs_base"].value.schema.columns}
+    assert "bootstrap" in columns["perplexity"] and "Wilson" in columns["exact_match"], "the UI says what each is"
     latest_rows = meta["latest_vs_base"].value.records
     assert {r.data["model"] for r in latest_rows} == {"base", f"adapter:{key}"} and len(latest_rows) == 4
     assert (storage / "evaluation" / "report" / "report.md").exists()

@@ -18,6 +18,7 @@ from spark_pipeline.defs.resources import (
 )
 from spark_pipeline.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_checkpoint
 from spark_pipeline.evaluation.report import (
+    COLUMN_DESCRIPTIONS,
     TABLE_COLUMNS,
     ReportError,
     build_report,
@@ -110,7 +111,7 @@ def _code_context(storage: SparkStorage, lineage: dict) -> dict:
 def _table_metadata(rows: list[dict]) -> dg.MetadataValue:
     """The same table as a Dagster table, which the asset page shows inline (Markdown this
     long only opens behind a button)."""
-    return table_metadata(table_cells(rows), TABLE_COLUMNS)
+    return table_metadata(table_cells(rows), TABLE_COLUMNS, COLUMN_DESCRIPTIONS)
 
 
 def _current_eval_sets(storage: SparkStorage) -> Path:
@@ -182,7 +183,7 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
         context.log.warning(f"{key}: worse than the base beyond the 95% interval on {regressions}")
     adapter_records = [r for r in records if r["model"] != "base"]
     return dg.MaterializeResult(
-        metadata={**parquet_table_metadata(out / "table.parquet"),
+        metadata={**parquet_table_metadata(out / "table.parquet", descriptions=COLUMN_DESCRIPTIONS),
                   "rows": len(rows), "perplexity_overall": dg.MetadataValue.json(overall),
                   "table": _table_metadata(rows), **plotted_metrics(rows),
                   "path": dg.MetadataValue.path(str(out)),
@@ -230,7 +231,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
                             f"{[o['checkpoint'] for o in report.outliers]}")
     newest = report.newest[0] if report.newest else "-"
     return dg.MaterializeResult(
-        metadata={**parquet_table_metadata(report.out / "report.parquet"),
+        metadata={**parquet_table_metadata(report.out / "report.parquet", descriptions=COLUMN_DESCRIPTIONS),
                   "checkpoints": report.checkpoints, "rows": len(report.rows),
                   "path": dg.MetadataValue.path(str(report.out)),
                   "perplexity_inline": dg.MetadataValue.md(sparkline_markdown(
