@@ -418,6 +418,8 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     meta = report.asset_materializations_for_node("evaluation_report")[0].metadata
     assert "data:image/png;base64," in meta["perplexity_over_checkpoints"].value
     assert len(meta["perplexity_inline"].value) < 1000 and "svg" in meta["perplexity_inline"].value
+    columns = {c.name: c.description for c in meta["latest_vs_base"].value.schema.columns}
+    assert "bootstrap" in columns["perplexity"] and "Wilson" in columns["exact_match"], "the UI says what each is"
     latest_rows = meta["latest_vs_base"].value.records
     assert {r.data["model"] for r in latest_rows} == {"base", f"adapter:{key}"} and len(latest_rows) == 4
     assert (storage / "evaluation" / "report" / "report.md").exists()
@@ -442,6 +444,17 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     assert not (storage / "evaluation" / key / "table.parquet").exists()
     assert (storage / "evaluation" / key / "BLOCKED").exists()
     assert list((storage / "evaluation" / key).glob("withdrawn-*/table.parquet"))
+    # its published release says so too (it used to stay published)
+    from spark_pipeline.release.build import verify_sums
+
+    released = storage / "releases" / key
+    assert f"its release {released} is marked WITHDRAWN" in error
+    assert "**WITHDRAWN**" in (released / "README.md").read_text() and (released / "WITHDRAWN").exists()
+    assert json.loads((released / "lineage.json").read_text())["withdrawn"]["reason"].startswith(f"checkpoint {key}")
+    assert verify_sums(released) == []
+    again = built["run"](["release"], key)
+    assert not again.success and "evaluation is blocked" in \
+        next(e for e in again.all_events if e.is_step_failure).step_failure_data.error.message
     report = built["run"](["evaluation_report"])
     assert not report.success, "no table is left to report"
     config_file.write_text(original)

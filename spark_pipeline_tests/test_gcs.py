@@ -1,7 +1,9 @@
 """Checkpoint upload and download against gcp-storage-emulator with the real client."""
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +136,46 @@ def test_sensor_finds_uploaded_checkpoints_and_evaluation_downloads_them(emulato
 
     with pytest.raises(dg.Failure, match="not found"):
         _checkpoint_path(storage, "hero.20261122-093015-a3f1--checkpoint-7")
+
+
+def _small_release(folder: Path, uploaded: str = "") -> Path:
+    from spark_pipeline.release.build import UPLOADED, write_sums
+
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n<!-- generated -->\n# spark-demo\n\nNumbers.\n")
+    (folder / "release.json").write_text(json.dumps({"key": "k"}))
+    (folder / "lineage.json").write_text(json.dumps({"mixture_hash": "m"}))
+    write_sums(folder)
+    if uploaded:
+        (folder / UPLOADED).write_text(uploaded + "\n")
+    return folder
+
+
+def test_a_withdrawn_release_says_so_in_its_card_lineage_and_bucket(tmp_path, monkeypatch):
+    """A release used to stay published when its checkpoint's evaluation was later blocked."""
+    from spark_pipeline.release.build import WITHDRAWN, verify_sums, withdraw_release
+    from spark_pipeline.training.gcs import make_client
+
+    assert withdraw_release(tmp_path / "none", "x") is None, "no release, nothing to do"
+    emu = Emulator().start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emu.host)
+        out = _small_release(tmp_path / "rel", uploaded="gs://spark-test/releases/k")
+        record = withdraw_release(out, "checkpoint k: the adapter did not load as trained")
+        marker = make_client().bucket("spark-test").blob(f"releases/k/{WITHDRAWN}").download_as_text()
+    finally:
+        emu.stop()
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense") and card.index("**WITHDRAWN**") < card.index("# spark-demo")
+    assert "did not load as trained" in card
+    for name in ("release.json", "lineage.json"):
+        assert json.loads((out / name).read_text())["withdrawn"]["reason"] == record["reason"]
+    assert json.loads(marker)["reason"] == record["reason"] and record["bucket"].startswith("marked gs://")
+    assert verify_sums(out) == [], "the checksums cover the withdrawn card"
+    before = (out / "README.md").read_bytes()
+    assert withdraw_release(out, "again")["reason"] == record["reason"] and (out / "README.md").read_bytes() == before
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens there
+    unreachable = withdraw_release(_small_release(tmp_path / "rel2", uploaded="gs://spark-test/releases/k2"), "y")
+    assert "could not be marked" in unreachable["bucket"] and "withdraw it by hand" in unreachable["bucket"]
+    assert (tmp_path / "rel2" / WITHDRAWN).exists()

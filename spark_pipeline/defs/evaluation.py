@@ -18,6 +18,7 @@ from spark_pipeline.defs.resources import (
 )
 from spark_pipeline.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_checkpoint
 from spark_pipeline.evaluation.report import (
+    COLUMN_DESCRIPTIONS,
     TABLE_COLUMNS,
     ReportError,
     build_report,
@@ -110,7 +111,7 @@ def _code_context(storage: SparkStorage, lineage: dict) -> dict:
 def _table_metadata(rows: list[dict]) -> dg.MetadataValue:
     """The same table as a Dagster table, which the asset page shows inline (Markdown this
     long only opens behind a button)."""
-    return table_metadata(table_cells(rows), TABLE_COLUMNS)
+    return table_metadata(table_cells(rows), TABLE_COLUMNS, COLUMN_DESCRIPTIONS)
 
 
 def _current_eval_sets(storage: SparkStorage) -> Path:
@@ -162,10 +163,15 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     except EvaluationError as exc:
         raise dg.Failure(str(exc)) from exc
     if not sanity["passed"]:
+        from spark_pipeline.release.build import withdraw_release
+
         withdrawn = withdraw(out, sanity)
-        raise dg.Failure(f"checkpoint {key}: the adapter did not load as trained ({'; '.join(sanity['reasons'])}); "
-                         "no numbers are reported" + (f"; its earlier tables were withdrawn to {withdrawn}"
-                                                      if withdrawn else ""),
+        reason = f"the adapter did not load as trained ({'; '.join(sanity['reasons'])})"
+        released = withdraw_release(storage.path("releases", key), f"checkpoint {key}: {reason}")
+        raise dg.Failure(f"checkpoint {key}: {reason}; no numbers are reported"
+                         + (f"; its earlier tables were withdrawn to {withdrawn}" if withdrawn else "")
+                         + (f"; its release {storage.path('releases', key)} is marked WITHDRAWN"
+                            + (f" ({released['bucket']})" if released.get("bucket") else "") if released else ""),
                          metadata={"sanity": dg.MetadataValue.json(sanity)})
     write_tables(out, rows, records)
     write_resolved(out, spark_config.name())
@@ -177,7 +183,7 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
         context.log.warning(f"{key}: worse than the base beyond the 95% interval on {regressions}")
     adapter_records = [r for r in records if r["model"] != "base"]
     return dg.MaterializeResult(
-        metadata={**parquet_table_metadata(out / "table.parquet"),
+        metadata={**parquet_table_metadata(out / "table.parquet", descriptions=COLUMN_DESCRIPTIONS),
                   "rows": len(rows), "perplexity_overall": dg.MetadataValue.json(overall),
                   "table": _table_metadata(rows), **plotted_metrics(rows),
                   "path": dg.MetadataValue.path(str(out)),
@@ -225,7 +231,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
                             f"{[o['checkpoint'] for o in report.outliers]}")
     newest = report.newest[0] if report.newest else "-"
     return dg.MaterializeResult(
-        metadata={**parquet_table_metadata(report.out / "report.parquet"),
+        metadata={**parquet_table_metadata(report.out / "report.parquet", descriptions=COLUMN_DESCRIPTIONS),
                   "checkpoints": report.checkpoints, "rows": len(report.rows),
                   "path": dg.MetadataValue.path(str(report.out)),
                   "perplexity_inline": dg.MetadataValue.md(sparkline_markdown(

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from spark_pipeline.defs.evaluation import _checkpoint_path, checkpoint_partitions
 from spark_pipeline.defs.resources import AFTER_UPSTREAM, SparkConfig, SparkStorage, stage_asset
-from spark_pipeline.release.build import ReleaseError, ReleaseSettings, build_release
+from spark_pipeline.records import atomic_write_text
+from spark_pipeline.release.build import UPLOADED, ReleaseError, ReleaseSettings, build_release
 from spark_pipeline.release.card import card_inputs
 from spark_pipeline.training.launch import base_model_folder
 from spark_pipeline.training.settings import TrainingSettings
@@ -45,6 +46,9 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, storage: S
         rel = ReleaseSettings.load(spark_config.name())
     except ReleaseError as exc:
         raise dg.Failure(str(exc)) from exc
+    blocked = storage.path("evaluation", key, "BLOCKED")
+    if blocked.exists():
+        raise dg.Failure(f"checkpoint {key}'s evaluation is blocked ({blocked}): it gets no release")
     if not storage.path("evaluation", key, "table.parquet").exists():
         raise dg.Failure(f"checkpoint {key} has no evaluation table: materialize checkpoint_eval for it first")
     folder = _checkpoint_path(storage, key)
@@ -74,6 +78,7 @@ def release(context: dg.AssetExecutionContext, config: ReleaseConfig, storage: S
         if status.state != "uploaded":
             raise dg.Failure(f"the release was built at {out} but its upload to {status.url} failed: {status.error}")
         uploaded = status.url
+        atomic_write_text(out / UPLOADED, uploaded + "\n")  # where a withdrawal must mark it too
     verification = info["merged"]["verification"]
     cost = info["serving_adapter"]["cost"] or {}
     # the card without its front matter, and without its plots: they are files of the release, which the UI

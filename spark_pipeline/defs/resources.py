@@ -90,9 +90,10 @@ def stage_asset(stage: str, kinds: set[str], **kwargs):
     return dg.asset(kinds=set(kinds), owners=OWNERS, tags={"stage": stage}, group_name=stage, **kwargs)
 
 
-def parquet_table_metadata(*paths) -> dict:
+def parquet_table_metadata(*paths, descriptions: dict[str, str] | None = None) -> dict:
     """The row count and column schema of Parquet files (one table, possibly in shards) as the
-    UI shows them: ``dagster/row_count`` and ``dagster/column_schema``."""
+    UI shows them: ``dagster/row_count`` and ``dagster/column_schema`` (with ``descriptions``
+    of the columns where given)."""
     import pyarrow.parquet as pq
 
     files = [Path(p) for p in paths if Path(p).exists()]
@@ -100,12 +101,14 @@ def parquet_table_metadata(*paths) -> dict:
         return {}
     schema = pq.read_schema(files[0])
     return {"dagster/row_count": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
-            "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])}
+            "dagster/column_schema": dg.TableSchema(columns=[
+                dg.TableColumn(f.name, str(f.type), description=(descriptions or {}).get(f.name)) for f in schema])}
 
 
-def table_metadata(records: list[dict], columns) -> dg.MetadataValue:
+def table_metadata(records: list[dict], columns, descriptions: dict[str, str] | None = None) -> dg.MetadataValue:
     """Rows as a Dagster table, which the asset page shows inline: NaN as empty, floats to six
-    significant digits, anything that is not a scalar as text; each column typed from its values."""
+    significant digits, anything that is not a scalar as text; each column typed from its values
+    and described (``descriptions``) where a description is given."""
     import math
 
     def cell(v):
@@ -120,4 +123,6 @@ def table_metadata(records: list[dict], columns) -> dg.MetadataValue:
         return {bool: "bool", int: "int", float: "float"}.get(type(value), "string")
 
     return dg.MetadataValue.table(records=[dg.TableRecord(r) for r in rows],
-                                  schema=dg.TableSchema(columns=[dg.TableColumn(c, kind(c)) for c in columns]))
+                                  schema=dg.TableSchema(columns=[
+                                      dg.TableColumn(c, kind(c), description=(descriptions or {}).get(c))
+                                      for c in columns]))

@@ -52,6 +52,28 @@ TABLE_COLUMNS = ["model", "split", "category", "samples", "flag", "perplexity", 
                  "tf_top1", "tf_top5", "gen_samples", "gen_token_accuracy", "bleu4", "exact_match", "compile_rate",
                  "memorized_longest_max"]
 
+#: what each column of an evaluation table is, as the UI shows it beside the column's name
+COLUMN_DESCRIPTIONS = {
+    "model": "base, adapter:<checkpoint> or external:<name>",
+    "split": "in_domain (tail shards of training pairs, kept out of training) or held_out (pairs never trained on)",
+    "category": "one of the 13 domain categories, or all",
+    "samples": "evaluation samples scored for perplexity and teacher forcing",
+    "flag": "improvement / regression: the paired 95% interval against the base excludes 0; outlier: an "
+            "artifact checkpoint left out of trends and winners",
+    "perplexity": "exp of the mean token negative log-likelihood over all tokens [95% bootstrap interval over samples]",
+    "ppl_reduction_vs_base": "(base - model) / base perplexity, the same samples [paired 95% bootstrap interval]",
+    "tf_loss": "teacher-forced loss on the scored 25% suffix after a 75% prefix [95% bootstrap interval]",
+    "tf_top1": "share of suffix tokens whose most likely prediction is the reference token [95% interval]",
+    "tf_top5": "share of suffix tokens among the five most likely predictions [95% interval]",
+    "gen_samples": "samples completed by greedy generation",
+    "gen_token_accuracy": "position-wise share of generated tokens equal to the reference suffix [95% interval]",
+    "bleu4": "corpus BLEU-4 of the generations against the reference suffixes (0-100) [95% bootstrap interval]",
+    "exact_match": "share of generations reproducing the whole reference suffix [95% Wilson interval]",
+    "compile_rate": "share of prefixes + generations that pass gcc -fsyntax-only with the pair's headers (compare "
+                    "models, not against 100%: many prefixes are fragments) [95% Wilson interval]",
+    "memorized_longest_max": "longest run of generated tokens found verbatim in the training mixture (from 8 tokens)",
+}
+
 
 def table_cells(rows: list[dict]) -> list[dict[str, str]]:
     """Each row's cells as text, each metric with its 95% interval in brackets (bootstrap over

@@ -167,6 +167,51 @@ def verify_sums(folder: Path) -> list[str]:
     return bad
 
 
+WITHDRAWN = "WITHDRAWN"
+UPLOADED = "UPLOADED"
+
+
+def withdraw_release(out: Path, reason: str, client=None) -> dict | None:
+    """Mark a release withdrawn when its checkpoint's evaluation was blocked or withdrawn: a
+    banner at the top of the model card, ``withdrawn`` in ``release.json`` and
+    ``lineage.json``, a ``WITHDRAWN`` file, ``SHA256SUMS`` written again, and the ``WITHDRAWN``
+    marker in the bucket when the release was uploaded (``UPLOADED`` names where). Nothing is
+    deleted: the files stay for the post-mortem. None when there is no release; a release
+    already withdrawn is left as it is."""
+    import datetime
+
+    out = Path(out)
+    if not (out / "release.json").exists():
+        return None
+    if (out / WITHDRAWN).exists():
+        return json.loads((out / WITHDRAWN).read_text())
+    record = {"reason": reason, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    # after the front matter and the "generated" comment, before everything a reader sees
+    front, sep, body = (out / "README.md").read_text().partition("-->")
+    banner = (f"\n\n> **WITHDRAWN** ({record['at']}): {reason}\n> Do not use this model; its numbers below no "
+              "longer stand.\n")
+    atomic_write_text(out / "README.md", f"{front}{sep}{banner}{body}" if sep else f"{banner.lstrip()}\n{front}")
+    for name in ("release.json", "lineage.json"):
+        if (out / name).exists():
+            data = json.loads((out / name).read_text())
+            atomic_write_json(out / name, {**data, "withdrawn": record})
+    uploaded = (out / UPLOADED).read_text().strip() if (out / UPLOADED).exists() else ""
+    if uploaded:
+        try:
+            from spark_pipeline.training.gcs import make_client, parse_url
+
+            bucket, prefix = parse_url(uploaded)
+            (client or make_client()).bucket(bucket).blob(f"{prefix}/{WITHDRAWN}").upload_from_string(
+                json.dumps(record) + "\n", retry=None, timeout=20)
+            record["bucket"] = f"marked {uploaded}/{WITHDRAWN}"
+        except Exception as exc:  # noqa: BLE001 - said in the record and by the caller
+            record["bucket"] = (f"the uploaded copy at {uploaded} could not be marked ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}): withdraw it by hand")
+    atomic_write_json(out / WITHDRAWN, record)
+    write_sums(out)
+    return record
+
+
 def build_release(checkpoint: Path, key: str, out: Path, base_model: Path, settings: ReleaseSettings,
                   eval_samples: list[dict], card_inputs: dict, pad_id: int, log=print) -> dict:
     """Builds the release of ``checkpoint`` at ``out`` (replacing an older one) and returns
