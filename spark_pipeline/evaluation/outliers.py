@@ -14,8 +14,9 @@ evaluated in):
    running median or none) the trend is the run's median.
 2. **A jump** is a residual (log perplexity minus the trend) larger than ``log(factor)`` —
    the smallest departure worth reporting — *and* than ``z`` times the run's robust spread
-   (1.4826 × the median absolute deviation of the residuals), so a noisy run needs a larger
-   departure than a smooth one. A perplexity that is not finite is always a jump.
+   (1.4826 × the median absolute deviation of each checkpoint from the median of the others
+   in its window, :func:`noise_residuals`), so a noisy run needs a larger departure than a
+   smooth one. A perplexity that is not finite is always a jump.
 3. **Cross-checks** with metrics that do not come from the same forward pass, each against
    its own robust trend over the run: the generative token accuracy and BLEU-4 of the same
    checkpoint (a move counts when it is beyond ``z`` robust spreads and beyond the
