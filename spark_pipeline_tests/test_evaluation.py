@@ -2,11 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spark_pipeline.evaluation.evaluate import perplexity_outliers
 from spark_pipeline.evaluation.metrics import (
     bleu4,
     exact_match,
@@ -15,6 +15,7 @@ from spark_pipeline.evaluation.metrics import (
     split_at,
     token_accuracy,
 )
+from spark_pipeline.evaluation.outliers import perplexity_outliers
 from spark_pipeline.training.model import build_base_model
 from spark_pipeline_tests.test_training import SHAPE
 
@@ -87,14 +88,129 @@ def test_bleu_agrees_with_sacrebleu_on_known_pairs():
     assert bleu4(["completely different words here"], ["int x = 0 ; return x ;"]) < 5
 
 
-def test_outliers_are_flagged_with_their_neighbours():
-    healthy = [{"checkpoint": f"c{i}", "step": i, "perplexity": p, "train_loss": math.log(p)}
-               for i, p in enumerate([3.0, 2.2, 1.6, 1.3, 1.25, 1.2])]
-    assert perplexity_outliers(healthy, 2.0) == []
-    broken = [dict(p) for p in healthy]
-    broken[3]["perplexity"] = 5.6  # the paper's public evaluation: ~1.2 -> ~5.6 between healthy neighbours
-    flagged = perplexity_outliers(broken, 2.0)
-    assert [f["checkpoint"] for f in flagged] == ["c3"] and flagged[0]["neighbours"] == [1.6, 1.25]
+HEALTHY = [1.5, 1.4, 1.32, 1.27, 1.24, 1.22, 1.2, 1.19]  # a run's in-domain perplexity, every 500 steps
+
+
+def _run(perplexities, train_exp=3.0, accuracy=True, order=None):
+    """One run's points: a training loss whose exp is ``train_exp`` times the healthy trend's
+    shape (None: none), and smooth generative scores with 95% intervals (unless ``accuracy``
+    is False); handed over in ``order`` when given (evaluated out of order)."""
+    points = []
+    for i, p in enumerate(perplexities):
+        point = {"checkpoint": f"c{i}", "step": 500 * (i + 1), "perplexity": p}
+        if train_exp is not None:
+            point["train_loss"] = math.log(train_exp * HEALTHY[min(i, len(HEALTHY) - 1)] / HEALTHY[-1])
+        if accuracy:
+            acc, bleu = 0.50 + 0.01 * i, 30.0 + 0.5 * i
+            point.update(gen_token_accuracy=acc, gen_token_accuracy_lo=acc - 0.03, gen_token_accuracy_hi=acc + 0.03,
+                         bleu4=bleu, bleu4_lo=bleu - 2.0, bleu4_hi=bleu + 2.0)
+        points.append(point)
+    return [points[i] for i in order] if order else points
+
+
+def _bad(*at, value=5.6):
+    return [value if i in at else p for i, p in enumerate(HEALTHY)]
+
+
+# the paper's artifact (~1.2 -> ~5.6 between healthy neighbours); every case here failed the
+# rule it replaced (a checkpoint departing from both neighbours and from exp(training loss)
+# by the factor): it flagged the healthy checkpoints, or missed the bad ones
+ARTIFACTS = {
+    "middle, three checkpoints": ([1.2, 5.6, 1.2], None, {1}),
+    "middle, training loss exp 3.0": ([1.2, 5.6, 1.2], 3.0, {1}),
+    "first of three": ([5.6, 1.2, 1.2], 3.0, {0}),
+    "last of three": ([1.2, 1.2, 5.6], 3.0, {2}),
+    "first": (_bad(0), 3.0, {0}),
+    "last": (_bad(7), 3.0, {7}),
+    "middle": (_bad(4), 3.0, {4}),
+    "two in a row, middle": (_bad(3, 4), 3.0, {3, 4}),
+    "two in a row, second and third": (_bad(1, 2), None, {1, 2}),
+    "two in a row, start": (_bad(0, 1), None, {0, 1}),
+    "two in a row, end": (_bad(6, 7), None, {6, 7}),
+    "a collapse to a lower perplexity": (_bad(4, value=0.3), 3.0, {4}),
+}
+
+
+@pytest.mark.parametrize("accuracy", [True, False], ids=["with generative scores", "perplexity and training loss"])
+@pytest.mark.parametrize("name", list(ARTIFACTS))
+def test_the_artifact_check_flags_the_paper_s_jump_wherever_it_is(name, accuracy):
+    perplexities, train_exp, expected = ARTIFACTS[name]
+    flagged = perplexity_outliers(_run(perplexities, train_exp, accuracy), 2.0, 3.5)
+    assert {int(f["checkpoint"][1:]) for f in flagged} == expected
+    for f in flagged:
+        assert f["outlier"] and (f["ratio"] > 2.0 or f["ratio"] < 0.5)
+        if accuracy:
+            assert f["verdict"] == "artifact" and "artifact signature" in f["evidence"]
+            assert f["cross_checks"] == {"gen_token_accuracy": "smooth", "bleu4": "smooth"}
+        elif train_exp is not None:
+            assert f["verdict"] == "unconfirmed" and "training loss smooth" in f["evidence"]
+        else:
+            assert "perplexity alone" in f["evidence"]
+
+
+def test_checkpoints_evaluated_out_of_order_are_judged_in_step_order():
+    order = [5, 0, 7, 3, 1, 6, 4, 2]
+    for perplexities, expected in ((_bad(4), {4}), (_bad(0), {0}), (_bad(3, 4), {3, 4}), (HEALTHY, set())):
+        flagged = perplexity_outliers(_run(perplexities, order=order), 2.0, 3.5)
+        assert {int(f["checkpoint"][1:]) for f in flagged} == expected, perplexities
+
+
+def _trend(n, start, end, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, n + 1)
+    shape = (steps ** -0.7 - n ** -0.7) / (1 - n ** -0.7)  # 1 at the first checkpoint, 0 at the last
+    return list(np.exp(math.log(end) + (math.log(start) - math.log(end)) * shape + noise * rng.standard_normal(n)))
+
+
+@pytest.mark.parametrize("perplexities", [
+    HEALTHY, _trend(30, 3.0, 1.2), _trend(30, 3.5, 1.2, noise=0.03, seed=1), _trend(8, 3.0, 1.2, noise=0.03, seed=2),
+    list(np.linspace(1.2, 1.6, 30)),  # slowly rising (over-fitting): genuine
+    [1.2, 1.15, 1.1, 1.8, 1.75, 1.7, 1.65],  # a lasting step: a trend change, not a jump
+    _trend(30, 1.2, 1.2, noise=0.03, seed=3), _trend(30, 1.2, 1.2, noise=0.1, seed=4), [3.0, 2.2, 1.6],
+], ids=["healthy", "steep start", "steep start, noise", "short, noise", "slow rise", "step", "noise 0.03",
+        "noise 0.1", "three, falling"])
+@pytest.mark.parametrize("accuracy", [True, False], ids=["with generative scores", "perplexity alone"])
+def test_a_genuine_trend_and_noise_are_not_flagged(perplexities, accuracy):
+    points = _run([float(p) for p in perplexities], None, accuracy)
+    if accuracy:  # the generative scores follow the perplexity, as a real model's do
+        for p in points:
+            acc = 0.9 - 0.3 * math.log(p["perplexity"])
+            p.update(gen_token_accuracy=acc, gen_token_accuracy_lo=acc - 0.03, gen_token_accuracy_hi=acc + 0.03)
+    assert perplexity_outliers(points, 2.0, 3.5) == []
+
+
+def test_a_jump_that_independent_metrics_moved_with_is_kept_as_real():
+    from spark_pipeline.evaluation.outliers import perplexity_jumps
+
+    points = _run(_bad(4))
+    points[4].update(gen_token_accuracy=0.2, gen_token_accuracy_lo=0.17, gen_token_accuracy_hi=0.23)
+    [jump] = perplexity_jumps(points, 2.0, 3.5)
+    assert not jump["outlier"] and jump["verdict"] == "corroborated"
+    assert jump["cross_checks"] == {"gen_token_accuracy": "moved with it", "bleu4": "smooth"}
+    assert perplexity_outliers(points, 2.0, 3.5) == []
+    points = _run(_bad(4), accuracy=False)  # no generative scores: the training loss decides
+    points[4]["train_loss"] += math.log(4.0)
+    [jump] = perplexity_jumps(points, 2.0, 3.5)
+    assert jump["verdict"] == "corroborated" and jump["cross_checks"] == {"train_loss": "moved with it"}
+    points[4]["train_loss"] -= 2 * math.log(4.0)  # the training loss fell while the perplexity rose
+    assert perplexity_outliers(points, 2.0, 3.5)[0]["cross_checks"] == {"train_loss": "moved against it"}
+    # generative scores decide over the training loss when the run has them
+    points = _run(_bad(4))
+    points[4]["train_loss"] += math.log(4.0)
+    assert perplexity_outliers(points, 2.0, 3.5)[0]["verdict"] == "artifact"
+
+
+def test_what_the_artifact_check_cannot_decide_and_what_it_always_flags():
+    # half the run bad: which half is wrong cannot be told from the series; the old rule
+    # flagged the two healthy ends, this one flags nothing
+    assert perplexity_outliers(_run([1.2, 5.6, 5.6, 1.2]), 2.0, 3.5) == []
+    assert perplexity_outliers(_run([1.2, 5.6]), 2.0, 3.5) == [], "two checkpoints: nothing to compare with"
+    # below the factor: not reported, however clear
+    assert perplexity_outliers(_run(_bad(4, value=1.24 * 1.9)), 2.0, 3.5) == []
+    assert [f["checkpoint"] for f in perplexity_outliers(_run(_bad(4, value=1.24 * 1.9)), 1.5, 3.5)] == ["c4"]
+    # a perplexity that is not a number is always flagged
+    [f] = perplexity_outliers(_run(_bad(4, value=float("inf"))), 2.0, 3.5)
+    assert f["checkpoint"] == "c4" and "not a finite number" in f["evidence"]
 
 
 def _eval_samples(tok):

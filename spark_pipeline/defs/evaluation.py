@@ -212,9 +212,11 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     "interval; outlier checkpoints marked and left out of trends and winners; winners only outside the interval. "
     "{storage}/evaluation/report/",
     check_specs=[dg.AssetCheckSpec("no_perplexity_outliers", asset="evaluation_report", blocking=True,
-                                   description="No checkpoint's perplexity departs from both neighbours' and from "
-                                   "its training loss by more than the configured factor (outliers are marked in "
-                                   "every table and plot, and left out of winners)."),
+                                   description="No checkpoint's in-domain perplexity departs from its run's robust "
+                                   "trend (running median over the checkpoints by step) by more than outlier_factor "
+                                   "and outlier_z robust SDs while its generative scores (else its training loss) "
+                                   "stayed on theirs: the artifact signature. Outliers are marked in every table and "
+                                   "plot and left out of winners; each names the evidence that fired."),
                  dg.AssetCheckSpec("no_regression_vs_base", asset="evaluation_report",
                                    description="The latest checkpoint's in-domain perplexity is not worse than the "
                                    "base model's beyond the 95% paired interval.")],
@@ -227,8 +229,11 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     if report.blocked:
         context.log.warning(f"left out, their last evaluation was blocked: {report.blocked}")
     if report.outliers:
-        context.log.warning(f"perplexity outliers (marked, left out of trends and winners): "
-                            f"{[o['checkpoint'] for o in report.outliers]}")
+        context.log.warning("perplexity artifacts (marked, left out of trends and winners): "
+                            + "; ".join(f"{o['checkpoint']}: {o['evidence']}" for o in report.outliers))
+    if report.corroborated:
+        context.log.info("perplexity jumps that independent metrics moved with (not flagged): "
+                         + "; ".join(f"{o['checkpoint']}: {o['evidence']}" for o in report.corroborated))
     newest = report.newest[0] if report.newest else "-"
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(report.out / "report.parquet", descriptions=COLUMN_DESCRIPTIONS),
@@ -247,6 +252,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
                   **{name: dg.MetadataValue.md(embed_png(p, name)) for name, p in report.plots.items()}},
         check_results=[dg.AssetCheckResult(check_name="no_perplexity_outliers", passed=not report.outliers,
                                            metadata={"flagged": dg.MetadataValue.json(report.outliers),
+                                                     "corroborated": dg.MetadataValue.json(report.corroborated),
                                                      "points": dg.MetadataValue.json(report.points)}),
                        dg.AssetCheckResult(check_name="no_regression_vs_base", passed=not report.regressions,
                                            severity=dg.AssetCheckSeverity.WARN,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -296,7 +295,7 @@ def _base_records(adapted, base_weights_sha256: str, base_model: Path, eval_dir:
     for split in ("in_domain", "held_out"):
         digest.update(sha256_file(Path(eval_dir) / f"{split}.parquet").encode())
     generation = {k: v for k, v in settings.__dict__.items() if k not in ("min_samples_per_category",
-                                                                          "bootstrap_resamples", "outlier_factor")}
+                                                                          "bootstrap_resamples", "outlier_factor", "outlier_z")}
     digest.update(json.dumps([generation, tokenizer.fingerprint, str(next(adapted.parameters()).dtype),
                               sorted((context or {}).get("include_dirs", {})), (context or {}).get("ngram_key", "")],
                              sort_keys=True, default=str).encode())
@@ -354,22 +353,3 @@ def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, toke
     for rec in records:
         rec.update({"checkpoint": checkpoint_key, "step": step})
     return rows, records, sanity
-
-
-def perplexity_outliers(points: list[dict], factor: float) -> list[dict]:
-    """Checkpoints (ordered by step) whose perplexity departs from both neighbours' by more
-    than ``factor`` (either way), and from exp(training loss) when that is known."""
-    def ratio(a: float, b: float) -> float:
-        return max(a, b) / min(a, b)
-
-    flagged = []
-    for i, p in enumerate(points):
-        neighbours = [points[j]["perplexity"] for j in (i - 1, i + 1) if 0 <= j < len(points)]
-        if not neighbours:
-            continue
-        far = all(ratio(p["perplexity"], n) > factor for n in neighbours)
-        train = p.get("train_loss")
-        off_train = train is None or ratio(p["perplexity"], math.exp(min(train, 50.0))) > factor
-        if far and off_train:
-            flagged.append({**p, "neighbours": neighbours})
-    return flagged

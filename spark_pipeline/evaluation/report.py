@@ -1,7 +1,8 @@
 """The evaluation's tables and report, apart from Dagster: each checkpoint's tables written
 (:func:`write_tables`), a blocked checkpoint's tables withdrawn (:func:`withdraw`),
 and the report across checkpoints (:func:`build_report`): rows gathered from every
-checkpoint's table and the external baselines, perplexity outliers marked, winners named only
+checkpoint's table and the external baselines, perplexity artifacts marked (the check in
+:mod:`spark_pipeline.evaluation.outliers`), winners named only
 outside their paired interval, report.parquet / report.md / winners.md and the plots written.
 The assets in :mod:`spark_pipeline.defs.evaluation` call these and turn the results into
 metadata."""
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_pipeline.evaluation.evaluate import EvalSettings, perplexity_outliers
+from spark_pipeline.evaluation.outliers import perplexity_jumps
 from spark_pipeline.evaluation.series import is_latest, latest, run_of
+from spark_pipeline.evaluation.settings import EvalSettings
 from spark_pipeline.records import atomic_write_text
 from spark_pipeline.training.runs import checkpoint_folder
 
@@ -234,8 +237,11 @@ class Report:
     checkpoints: int
     blocked: dict[str, list]
     outliers: list[dict]
+    """The perplexity jumps no independent metric moved with (:mod:`spark_pipeline.evaluation.outliers`),
+    each with the evidence that fired."""
     points: list[dict]
-    """The in-domain perplexity and last training loss of every checkpoint, the outlier rule's input."""
+    """Every checkpoint's in-domain perplexity, generative token accuracy and BLEU-4 (with their
+    95% intervals) and training loss: the artifact check's input."""
     notes: list[str]
     plots: dict[str, Path]
     winners: dict[str, dict]
@@ -244,6 +250,8 @@ class Report:
     newest: tuple[str, int] | None = None
     perplexity_series: list[float] = field(default_factory=list)
     """In-domain perplexity over the newest run's checkpoints (outliers left out)."""
+    corroborated: list[dict] = field(default_factory=list)
+    """Perplexity jumps that an independent metric moved with: real changes, not flagged."""
 
     def latest_rows(self) -> list[dict]:
         """The base, the newest checkpoint and the external models, overall."""
@@ -279,6 +287,11 @@ def _gather(evaluation: Path) -> tuple[list[dict], list[dict], dict[str, list], 
     return rows, records, blocked, len(tables)
 
 
+def _json_number(value):
+    """A finite number, else None (the points go to the asset check's JSON metadata)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 def build_report(storage_root: Path, ev: EvalSettings) -> Report:
     """The report across checkpoints under ``<storage_root>/evaluation/report``: report.parquet
     and report.md (every row, outliers flagged), winners.md, code_regression.parquet and the
@@ -299,11 +312,17 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
     for r in sorted((r for r in rows if r["model"].startswith("adapter") and r["category"] == "all"
                      and r["split"] == "in_domain"), key=lambda r: (run_of(r), r["step"])):
         state = checkpoint_folder(storage_root, r["checkpoint"]) / "trainer_state.json"
-        losses = json.loads(state.read_text())["health"]["losses"] if state.exists() else []
+        losses = [v for v in (json.loads(state.read_text())["health"]["losses"] if state.exists() else [])
+                  if isinstance(v, (int, float)) and math.isfinite(v)]
         points.append({"checkpoint": r["checkpoint"], "run": run_of(r), "step": r["step"],
-                       "perplexity": r["perplexity"], "train_loss": losses[-1] if losses else None})
-    outliers = [o for run in sorted({p["run"] for p in points})
-                for o in perplexity_outliers([p for p in points if p["run"] == run], ev.outlier_factor)]
+                       # the median of the losses the health monitor keeps (the last steps'): one step's is noisy
+                       "train_loss": statistics.median(losses) if losses else None,
+                       **{k: _json_number(r.get(k)) for k in ("perplexity", *(
+                           f"{m}{end}" for m in ("gen_token_accuracy", "bleu4") for end in ("", "_lo", "_hi")))}})
+    jumps = [j for run in sorted({p["run"] for p in points})
+             for j in perplexity_jumps([p for p in points if p["run"] == run], ev.outlier_factor, ev.outlier_z)]
+    outliers = [j for j in jumps if j["outlier"]]
+    corroborated = [j for j in jumps if not j["outlier"]]
     mark_outliers(rows, outliers)
     out = evaluation / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -315,7 +334,11 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
         notes.append(f"Categories with fewer than {ev.min_samples_per_category} evaluation samples (intervals wide, "
                      f"differences hard to tell from zero): {', '.join(few)}.")
     if outliers:
-        notes.append("Outlier checkpoints (flag `outlier`): " + ", ".join(o["checkpoint"] for o in outliers) + ".")
+        notes.append("Outlier checkpoints (flag `outlier`, left out of trends and winners): "
+                     + "; ".join(f"{o['checkpoint']}: {o['evidence']}" for o in outliers) + ".")
+    if corroborated:
+        notes.append("Perplexity jumps that independent metrics moved with (real changes, not flagged): "
+                     + "; ".join(f"{o['checkpoint']}: {o['evidence']}" for o in corroborated) + ".")
     if blocked:
         notes.append("Left out, their evaluation was blocked: " + ", ".join(blocked) + ".")
     atomic_write_text(out / "report.md", table_markdown(sorted(rows, key=lambda r: (r["model"], r["split"], r["category"])))
@@ -336,4 +359,4 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
               if newest and r["model"].startswith("adapter") and run_of(r) == newest[0]
               and r["split"] == "in_domain" and r["category"] == "all" and r.get("flag") != "outlier"]
     return Report(out, rows, checkpoints, blocked, outliers, points, notes, plots, winners, code_rows, regressions,
-                  newest, series)
+                  newest, series, corroborated)

@@ -52,7 +52,11 @@ class EvalSettings(Strict):
     generation_samples_per_category: Size
     batch_size: Count
     outlier_factor: Annotated[int | float, Field(gt=1)]
-    """A checkpoint whose perplexity is this far from its neighbours' is an outlier."""
+    """The smallest departure of a checkpoint's perplexity from its run's robust trend (a
+    ratio, either way) that the artifact check reports (:mod:`spark_pipeline.evaluation.outliers`)."""
+    outlier_z: Annotated[int | float, Field(gt=0)] = 3.5
+    """...and in robust standard deviations of the run's noise (1.4826 × MAD); a generative
+    score or the training loss counts as moved beyond as many of its own."""
     min_samples_per_category: Size = 200
     bootstrap_resamples: Count = 1000
     external_models: tuple[ExternalModel, ...] = ()
