@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/resume_bench.py
 	$(PY) benchmarks/train_memory_bench.py
 	$(PY) benchmarks/eval_memory_bench.py
+	$(PY) benchmarks/outlier_noise_bench.py
 
 # `dg dev` (webserver and daemon) finds the code location in pyproject.toml's [tool.dg]. DAGSTER_MODULE_NAME,
 # exported above for the older `dagster` CLI, is left out: with it the webserver got two code targets and
