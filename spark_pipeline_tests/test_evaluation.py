@@ -87,6 +87,51 @@ def test_bleu_agrees_with_sacrebleu_on_known_pairs():
     assert bleu4(["completely different words here"], ["int x = 0 ; return x ;"]) < 5
 
 
+# hypothesis/reference sets on which unsmoothed BLEU and sacrebleu's default (exp smoothing)
+# differ: no matching 4-gram, too short for a 4-gram, an empty hypothesis, a perfect match
+BLEU_SETS = [
+    (["x = y + z ;"], ["x = y - z ;"]),
+    (["static int counter ; counter ++ ;"], ["static int count ; count ++ ; return count ;"]),
+    (["int a ;", "GPIOA -> MODER |= 1 ;"], ["int a ;", "GPIOA -> ODR |= 1 ;"]),
+    (["", "return 0 ;", "REG->CTRL = 0;"], ["return 0 ;", "return 1 ;", "REG->CTRL = 0;"]),
+    (["int main ( void ) { return 0 ; }", "GPIOA -> MODER |= 1 ;", "x = y + z ;", "while (1) { }"],
+     ["int main ( void ) { return 0 ; }", "GPIOA -> ODR |= 1 ;", "x = y - z ;", "for (;;) { }"]),
+]
+
+
+@pytest.mark.parametrize("hyps,refs", BLEU_SETS)
+def test_bleu_is_sacrebleus_default_corpus_and_sentence_bleu(hyps, refs):
+    """Before: the bootstrapped BLEU was scored unsmoothed (0 where sacrebleu's corpus BLEU
+    gives 38.0) and a sample's BLEU was a one-sentence corpus BLEU (0 where sentence_bleu
+    gives 100 for a three-token exact match)."""
+    import numpy as np
+    import sacrebleu
+
+    from spark_pipeline.evaluation import stats
+
+    table = stats.bleu_statistics(hyps, refs)
+    assert stats.corpus_bleu_from(table) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+    for h, r, row in zip(hyps, refs, table, strict=True):
+        assert stats.sentence_bleu_from(row) == pytest.approx(sacrebleu.sentence_bleu(h, [r]).score, abs=1e-9)
+    # the bootstrap scores each resample the same way: the identity resample is the corpus BLEU
+    identity = np.arange(len(hyps))[None, :]
+    assert stats.bleu_statistic(table)(identity)[0] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score,
+                                                                     abs=1e-9)
+
+
+def test_bleu_signatures_are_sacrebleus_defaults():
+    import sacrebleu
+
+    from spark_pipeline.evaluation import stats
+
+    version = sacrebleu.__version__
+    assert stats.bleu_signature() == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{version}"
+    assert stats.sentence_bleu_signature() == f"nrefs:1|case:mixed|eff:yes|tok:13a|smooth:exp|version:{version}"
+    corpus = sacrebleu.BLEU()
+    corpus.corpus_score(["a b"], [["a b"]])
+    assert stats.bleu_signature() == str(corpus.get_signature())
+
+
 def test_outliers_are_flagged_with_their_neighbours():
     healthy = [{"checkpoint": f"c{i}", "step": i, "perplexity": p, "train_loss": math.log(p)}
                for i, p in enumerate([3.0, 2.2, 1.6, 1.3, 1.25, 1.2])]
@@ -105,6 +150,9 @@ def _eval_samples(tok):
 
 
 def test_external_models_over_both_protocols_with_cache(tmp_path):
+    import sacrebleu
+
+    from spark_pipeline.evaluation import stats
     from spark_pipeline.evaluation.external import ExternalModel, evaluate_external
     from spark_pipeline.tokens.tokenizer import load_tokenizer
     from spark_pipeline_tests.fake_llm import FakeLLM
@@ -125,6 +173,15 @@ def test_external_models_over_both_protocols_with_cache(tmp_path):
             assert len(records) == 3 and all(r["generation"] is not None and r["prompt_sha256"] for r in records)
             acc = [r["token_accuracy"] for r in records if r["split"] == "in_domain"]
             assert by[("in_domain", "all")]["gen_token_accuracy"] == pytest.approx(sum(acc) / len(acc))
+            # BLEU as sacrebleu computes it on the stored texts: sentence BLEU per sample, corpus BLEU per row
+            hyps = [tok.decode(r["generation_ids"][:len(r["reference_ids"])]) for r in records]
+            for r, h in zip(records, hyps, strict=True):
+                assert r["bleu4"] == pytest.approx(sacrebleu.sentence_bleu(h, [r["reference"]]).score, abs=1e-9)
+                assert r["bleu4_signature"] == stats.sentence_bleu_signature()
+            in_domain = [(h, r["reference"]) for h, r in zip(hyps, records, strict=True) if r["split"] == "in_domain"]
+            assert by[("in_domain", "all")]["bleu4"] == pytest.approx(sacrebleu.corpus_bleu(
+                [h for h, _ in in_domain], [[ref for _, ref in in_domain]]).score, abs=1e-9)
+            assert by[("in_domain", "all")]["bleu4_signature"] == stats.bleu_signature()
         seen = len(server.requests)
         qwen = ExternalModel(name="qwen", provider="openai", model="qwen3-coder", base_url=f"{server.url}/v1")
         _, _, again = evaluate_external(qwen, samples, tok, 16, 5, 0.75, tmp_path / "qwen")
@@ -343,3 +400,16 @@ def test_sparkline_is_short_enough_to_show_inline_and_keeps_the_ends():
     assert ys[0] == 2 and ys[-1] == 46, "the first (highest) value at the top, the last (lowest) at the bottom"
     assert "loss: 5 → 1 (min 1, max 5, 10000 points)" in markdown
     assert sparkline_markdown([float("nan")], "loss") == "loss: no finite values"
+
+
+def test_bleu_note_states_the_signature_and_names_tables_under_another_bleu():
+    from spark_pipeline.evaluation import stats
+    from spark_pipeline.evaluation.report import bleu_note
+
+    rows = [{"model": "adapter:new", "checkpoint": "new", "bleu4": 12.0, "bleu4_signature": stats.bleu_signature()},
+            {"model": "adapter:old", "checkpoint": "old", "bleu4": 11.0},
+            {"model": "base", "checkpoint": "new", "bleu4": float("nan")}]
+    note = bleu_note(rows)
+    assert f"`{stats.bleu_signature()}`" in note and f"`{stats.sentence_bleu_signature()}`" in note
+    assert "old (no signature: unsmoothed)" in note and "new (" not in note
+    assert "another BLEU" not in bleu_note(rows[:1])

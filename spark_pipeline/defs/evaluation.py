@@ -16,6 +16,7 @@ from spark_pipeline.defs.resources import (
     stage_asset,
     table_metadata,
 )
+from spark_pipeline.evaluation import stats
 from spark_pipeline.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_checkpoint
 from spark_pipeline.evaluation.report import (
     TABLE_COLUMNS,
@@ -34,7 +35,7 @@ from spark_pipeline.training.runs import bucket_checkpoints, checkpoint_folder, 
 from spark_pipeline.training.settings import TrainingSettings
 
 checkpoint_partitions = dg.DynamicPartitionsDefinition(name="checkpoints")
-EVAL_CODE_VERSION = "2"
+EVAL_CODE_VERSION = "3"
 
 
 def discover_checkpoints(runs: Path) -> dict[str, Path]:
@@ -187,7 +188,8 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
                   "categories_with_few_samples": dg.MetadataValue.json(
                       {"below": ev.min_samples_per_category, "categories": few}),
                   "base_model": dg.MetadataValue.json(sanity["base_model"]), "dtype": settings.dtype,
-                  "lineage_sha256": rows[0]["lineage_sha256"], "sanity": dg.MetadataValue.json(sanity)},
+                  "lineage_sha256": rows[0]["lineage_sha256"], "sanity": dg.MetadataValue.json(sanity),
+                  "bleu4_signature": stats.bleu_signature()},
         check_results=[dg.AssetCheckResult(check_name="adapter_loaded", passed=True, description=f"checkpoint {key}",
                                            metadata={"partition": key,
                                                      "max_logit_difference": sanity["max_logit_difference"],
@@ -227,6 +229,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(report.out / "report.parquet"),
                   "checkpoints": report.checkpoints, "rows": len(report.rows),
+                  "bleu4_signature": stats.bleu_signature(),
                   "path": dg.MetadataValue.path(str(report.out)),
                   "perplexity_inline": dg.MetadataValue.md(sparkline_markdown(
                       report.perplexity_series, f"in-domain perplexity over the checkpoints of {newest}")),

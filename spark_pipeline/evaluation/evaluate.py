@@ -155,7 +155,7 @@ def sample_records(model, name: str, samples: list[dict], tokenizer, settings: E
                "suffix_nll_sum": sc.suffix_nll_sum, "top1": sc.top1, "top5": sc.top5, "generated": i in generated,
                "prompt_sha256": None, "prompt_tokens": None, "reference": None, "generation": None,
                "reference_ids": None, "generation_ids": None, "token_accuracy": None, "exact_match": None,
-               "bleu4": None, "bleu_stats": None, "compiles": None, "memorized_longest": None}
+               "bleu4": None, "bleu_stats": None, "bleu4_signature": None, "compiles": None, "memorized_longest": None}
         if i in generated:
             cut = cuts[i]
             prompt = s["ids"][:cut]
@@ -167,7 +167,8 @@ def sample_records(model, name: str, samples: list[dict], tokenizer, settings: E
                         "prompt_tokens": cut, "reference": ref, "generation": tokenizer.decode(gen),
                         "reference_ids": reference, "generation_ids": gen,
                         "token_accuracy": token_accuracy(gen, reference), "exact_match": exact_match(gen, reference),
-                        "bleu4": stats.corpus_bleu_from(bleu_stats[None, :]), "bleu_stats": bleu_stats.tolist()})
+                        "bleu4": stats.sentence_bleu_from(bleu_stats), "bleu_stats": bleu_stats.tolist(),
+                        "bleu4_signature": stats.sentence_bleu_signature()})
             if "include_dirs" in context:
                 rec["compiles"] = compiles(tokenizer.decode(prompt) + tokenizer.decode(gen),
                                            context["include_dirs"].get(s.get("pair_id"), []))
@@ -204,6 +205,7 @@ def _metrics(recs: list[dict], resamples: int, seed: int) -> dict:
         compiled = [r["compiles"] for r in gen if r["compiles"] is not None]
         overlaps = [r["memorized_longest"] for r in gen if r["memorized_longest"] is not None]
         out.update({"gen_token_accuracy": float(np.mean(acc)), "bleu4": stats.corpus_bleu_from(bleu),
+                    "bleu4_signature": stats.bleu_signature(),
                     "exact_match": exact / len(gen),
                     "compile_rate": sum(compiled) / len(compiled) if compiled else nan,
                     "memorized_longest_max": max(overlaps) if overlaps else -1,
@@ -222,6 +224,7 @@ def _metrics(recs: list[dict], resamples: int, seed: int) -> dict:
                                      "bleu4_lo", "bleu4_hi", "exact_match_lo", "exact_match_hi",
                                      "compile_rate_lo", "compile_rate_hi")})
         out["memorized_longest_max"] = -1
+        out["bleu4_signature"] = ""
     return out
 
 
@@ -298,7 +301,8 @@ def _base_records(adapted, base_weights_sha256: str, base_model: Path, eval_dir:
     generation = {k: v for k, v in settings.__dict__.items() if k not in ("min_samples_per_category",
                                                                           "bootstrap_resamples", "outlier_factor")}
     digest.update(json.dumps([generation, tokenizer.fingerprint, str(next(adapted.parameters()).dtype),
-                              sorted((context or {}).get("include_dirs", {})), (context or {}).get("ngram_key", "")],
+                              sorted((context or {}).get("include_dirs", {})), (context or {}).get("ngram_key", ""),
+                              stats.sentence_bleu_signature()],
                              sort_keys=True, default=str).encode())
     cached = Path(cache_dir) / f"base-{digest.hexdigest()[:16]}.samples.parquet"
     if cached.exists():

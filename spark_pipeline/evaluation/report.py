@@ -34,7 +34,7 @@ COLUMNS_WITH_INTERVALS = {"perplexity": ("perplexity_lo", "perplexity_hi"),
                           "compile_rate": ("compile_rate_lo", "compile_rate_hi")}
 GENERATION_COLUMNS = ["checkpoint", "step", "model", "split", "category", "pair_id", "sample_id", "prompt_sha256",
                       "prompt_tokens", "reference", "generation", "reference_ids", "generation_ids", "token_accuracy",
-                      "exact_match", "bleu4", "bleu_stats", "compiles", "memorized_longest"]
+                      "exact_match", "bleu4", "bleu_stats", "bleu4_signature", "compiles", "memorized_longest"]
 
 
 def _fmt(value, interval=None) -> str:
@@ -68,6 +68,23 @@ def table_cells(rows: list[dict]) -> list[dict[str, str]]:
             cells[c] = _fmt(value, (r.get(bounds[0]), r.get(bounds[1])) if bounds else None)
         out.append(cells)
     return out
+
+
+def bleu_note(rows: list[dict]) -> str:
+    """What BLEU-4 is, with sacrebleu's signatures; rows whose BLEU-4 was computed under
+    another signature (or before signatures were recorded: unsmoothed) are named."""
+    from spark_pipeline.evaluation import stats
+
+    current = stats.bleu_signature()
+    other = sorted({f"{r.get('checkpoint') or r['model']} ({r.get('bleu4_signature') or 'no signature: unsmoothed'})"
+                    for r in rows if isinstance(r.get("bleu4"), float) and math.isfinite(r["bleu4"])
+                    and r.get("bleu4_signature") != current})
+    text = (f"BLEU-4: sacrebleu corpus BLEU with its default settings, signature `{current}`; per-sample BLEU "
+            f"(generations.parquet): sacrebleu sentence BLEU with its defaults, signature "
+            f"`{stats.sentence_bleu_signature()}`.")
+    if other:
+        text += " Computed under another BLEU, not comparable (re-evaluate them): " + ", ".join(other) + "."
+    return text
 
 
 def table_markdown(rows: list[dict]) -> str:
@@ -200,7 +217,7 @@ def write_tables(out: Path, rows: list[dict], records: list[dict]) -> None:
     pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in GENERATION_COLUMNS} for r in records if r.get("generated", True)]),
                    out / "generations.parquet")
     pq.write_table(pa.Table.from_pylist(records), out / "samples.parquet")
-    atomic_write_text(out / "table.md", table_markdown(rows) + "\n")
+    atomic_write_text(out / "table.md", table_markdown(rows) + "\n\n" + bleu_note(rows) + "\n")
 
 
 @dataclass
@@ -299,6 +316,7 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
     atomic_write_text(out / "report.md", table_markdown(sorted(rows, key=lambda r: (r["model"], r["split"], r["category"])))
                       + "\n\nIntervals: 95%, bootstrap over samples (Wilson for exact match and compile rate); "
                       "ppl_reduction_vs_base: paired with the base on the same samples.\n"
+                      + f"\n{bleu_note(rows)}\n"
                       + "".join(f"\n{n}\n" for n in notes))
     plots = evaluation_plots(rows, out)
     code_rows = [r for t in sorted(evaluation.glob("*/code_regression.parquet")) if t.parent.name not in blocked

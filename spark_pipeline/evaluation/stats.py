@@ -3,7 +3,8 @@ between two models on the same samples, and Wilson intervals for pass rates.
 
 Every per-category metric of the tables is a function of per-sample quantities (perplexity:
 summed NLL over summed tokens; top-k: hits over suffix tokens; token accuracy: mean over
-generated samples; BLEU-4: sacrebleu's corpus BLEU from summed n-gram statistics). A
+generated samples; BLEU-4: sacrebleu's corpus BLEU, default settings, scored by sacrebleu from
+summed n-gram statistics). A
 bootstrap resamples the samples with replacement ``resamples`` times (seeded, so a table is
 reproducible) and takes the 2.5th and 97.5th percentiles of the metric: a percentile interval
 at 95%. A *paired* comparison resamples the same sample indices for both models and gives the
@@ -12,6 +13,7 @@ interval of the difference; a difference whose interval holds 0 is not a differe
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -62,30 +64,66 @@ def mean_statistic(values):
     return lambda idx: v[idx].mean(axis=1)
 
 
-def bleu_statistics(hypotheses: list[str], references: list[str]) -> np.ndarray:
-    """Per sentence: sys_len, ref_len, matches (4), totals (4), as sacrebleu counts them."""
+@functools.cache
+def _bleu_metrics():
+    """sacrebleu's two BLEUs with their default settings: ``BLEU()`` is what
+    ``sacrebleu.corpus_bleu`` computes (13a tokenizer, mixed case, ``exp`` smoothing, no
+    effective order), ``BLEU(effective_order=True)`` what ``sacrebleu.sentence_bleu`` computes.
+    Each is scored once so that it can state its signature."""
     from sacrebleu.metrics import BLEU
 
-    bleu = BLEU()
+    corpus, sentence = BLEU(), BLEU(effective_order=True)
+    corpus.corpus_score(["a"], [["a"]])
+    sentence.sentence_score("a", ["a"])
+    return corpus, sentence
+
+
+def bleu_signature() -> str:
+    """sacrebleu's signature of the corpus BLEU-4 in the tables, e.g.
+    ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0``."""
+    return str(_bleu_metrics()[0].get_signature())
+
+
+def sentence_bleu_signature() -> str:
+    """sacrebleu's signature of the per-sample sentence BLEU (``eff:yes``)."""
+    return str(_bleu_metrics()[1].get_signature())
+
+
+def bleu_statistics(hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """Per sentence: sys_len, ref_len, matches (4), totals (4), as sacrebleu counts them."""
+    corpus = _bleu_metrics()[0]
     rows = []
     for hyp, ref in zip(hypotheses, references, strict=True):
-        s = bleu.corpus_score([hyp], [[ref]])  # one sentence's counts, as the corpus score sums them
+        s = corpus.corpus_score([hyp], [[ref]])  # one sentence's counts, as the corpus score sums them
         rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
     return np.asarray(rows, dtype=float).reshape(-1, 10)
 
 
-def corpus_bleu_from(stats: np.ndarray) -> float:
-    """Corpus BLEU-4 from summed sentence statistics: equal to ``sacrebleu.corpus_bleu``."""
-    from sacrebleu.metrics import BLEU
+def _score(metric, total: np.ndarray) -> float:
+    # sacrebleu's own scoring of summed statistics, with the metric's own settings
+    return float(metric.compute_bleu([int(x) for x in total[2:6]], [int(x) for x in total[6:10]], int(total[0]),
+                                     int(total[1]), smooth_method=metric.smooth_method,
+                                     smooth_value=metric.smooth_value, effective_order=metric.effective_order,
+                                     max_ngram_order=metric.max_ngram_order).score)
 
-    total = stats.sum(axis=0)
-    return float(BLEU.compute_bleu([int(x) for x in total[2:6]], [int(x) for x in total[6:10]],
-                                   int(total[0]), int(total[1])).score)
+
+def corpus_bleu_from(stats: np.ndarray) -> float:
+    """Corpus BLEU-4 from summed sentence statistics: equal to ``sacrebleu.corpus_bleu`` with
+    its defaults (signature :func:`bleu_signature`)."""
+    return _score(_bleu_metrics()[0], np.asarray(stats, dtype=float).reshape(-1, 10).sum(axis=0))
+
+
+def sentence_bleu_from(stats: np.ndarray) -> float:
+    """One sample's BLEU from its statistics: equal to ``sacrebleu.sentence_bleu`` with its
+    defaults (effective order; signature :func:`sentence_bleu_signature`)."""
+    return _score(_bleu_metrics()[1], np.asarray(stats, dtype=float).reshape(10))
 
 
 def bleu_statistic(stats: np.ndarray):
+    corpus = _bleu_metrics()[0]
+
     def statistic(idx: np.ndarray) -> np.ndarray:
-        return np.array([corpus_bleu_from(total[None, :]) for total in stats[idx].sum(axis=1)])
+        return np.array([_score(corpus, total) for total in stats[idx].sum(axis=1)])
 
     return statistic
 
