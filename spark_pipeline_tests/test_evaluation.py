@@ -299,6 +299,7 @@ def test_category_winner_needs_a_difference_outside_the_interval():
         "only the latest checkpoint competes; held-out rows do not count"
     lo, hi = winners["crypto"]["interval"]
     assert 0 < lo < winners["crypto"]["difference"] < hi
+    assert not winners["crypto"]["degenerate"] and winners["crypto"]["paired_samples"] == 8, "eight samples suffice"
     lo, hi = winners["gpio"]["interval"]
     assert lo < 0 < hi, "a 1.5-point difference on six samples is inside the interval: a tie"
 
@@ -348,6 +349,7 @@ def test_summary_rows_carry_intervals_and_flag_a_regression_against_the_base():
         assert row["flag"] == flag, (adapter_nll, row["ppl_reduction_vs_base_lo"], row["ppl_reduction_vs_base_hi"])
         assert row["perplexity_lo"] <= row["perplexity"] <= row["perplexity_hi"]
         assert row["samples"] == 30 and row["few_samples"] is False
+        assert row["paired_samples"] == 30 and not row["ppl_reduction_vs_base_degenerate"]
     assert all(r["few_samples"] for r in summarise(base[:5], settings)), "fewer than min_samples_per_category"
 
 
@@ -413,3 +415,53 @@ def test_bleu_note_states_the_signature_and_names_tables_under_another_bleu():
     assert f"`{stats.bleu_signature()}`" in note and f"`{stats.sentence_bleu_signature()}`" in note
     assert "old (no signature: unsmoothed)" in note and "new (" not in note
     assert "another BLEU" not in bleu_note(rows[:1])
+
+
+def test_two_paired_samples_with_a_constant_difference_name_no_winner_and_no_regression():
+    """Before: two samples improved by the same 0.3 gave a paired bootstrap interval of zero
+    width, [0.3, 0.3], and the adapter was named winner; two samples with the same perplexity
+    ratio were flagged a regression. Now the interval is marked degenerate and nothing is named."""
+    from spark_pipeline.evaluation import stats
+    from spark_pipeline.evaluation.evaluate import EvalSettings, summarise
+    from spark_pipeline.evaluation.report import (
+        category_winners,
+        degenerate_note,
+        table_markdown,
+        winners_markdown,
+    )
+
+    adapter = "adapter:hero.20261122-093015-a3f1--checkpoint-4"
+    records = _records("base", "gpio", [0.2, 0.4]) + _records(adapter, "gpio", [0.5, 0.7], 4)
+    rows = [_row("base", "gpio", records[:2]),
+            _row(adapter, "gpio", records[2:], 4, checkpoint="hero.20261122-093015-a3f1--checkpoint-4")]
+    winners = category_winners(rows, records, resamples=300)
+    lo, hi = winners["gpio"]["interval"]
+    assert lo == pytest.approx(0.3) and hi == pytest.approx(0.3), "a zero-width interval that excludes 0"
+    assert winners["gpio"]["winner"] is None and winners["gpio"]["degenerate"]
+    assert winners["gpio"]["paired_samples"] == 2
+    assert "none (degenerate interval)" in winners_markdown(winners)
+
+    settings = EvalSettings(split_fraction=0.75, max_new_tokens=8, max_samples_per_category=0,
+                            generation_samples_per_category=0, batch_size=4, outlier_factor=2.0,
+                            min_samples_per_category=10, bootstrap_resamples=300)
+
+    def recs(model, nll_per_token, n):
+        return [{"model": model, "split": "in_domain", "category": "crypto", "sample_id": f"s{i}", "tokens": 50,
+                 "nll_sum": 50 * (nll_per_token + 0.05 * i), "suffix_tokens": 12, "suffix_nll_sum": 12.0,
+                 "top1": 6, "top5": 9, "generated": False} for i in range(n)]
+
+    base = recs("base", 2.0, 2)
+    table = summarise(base + recs(adapter, 2.3, 2), settings, base)
+    row = next(r for r in table if r["model"] == adapter and r["category"] == "crypto")
+    assert row["ppl_reduction_vs_base_hi"] < 0 and stats.excludes_zero(
+        (row["ppl_reduction_vs_base_lo"], row["ppl_reduction_vs_base_hi"])), "the interval alone would say worse"
+    assert row["flag"] == "" and row["ppl_reduction_vs_base_degenerate"] and row["paired_samples"] == 2
+    assert "(degenerate: 2 paired)" in table_markdown([row])
+    note = degenerate_note(table, winners)
+    assert note and "fewer than 6 paired samples" in note and "in_domain/crypto (2)" in note and "gpio (2)" in note
+    # the same shift over enough samples is named
+    base = recs("base", 2.0, 8)
+    row = next(r for r in summarise(base + recs(adapter, 2.3, 8), settings, base)
+               if r["model"] == adapter and r["category"] == "crypto")
+    assert row["flag"] == "regression" and not row["ppl_reduction_vs_base_degenerate"]
+    assert stats.degenerate(5) and not stats.degenerate(6)

@@ -238,12 +238,17 @@ def _groups(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 def paired_differences(a: list[dict], b: list[dict], resamples: int, seed: int = 0) -> dict:
     """Intervals of model a minus model b on the samples both have (matched by sample id):
-    the relative perplexity reduction (b - a) / b and the token-accuracy difference."""
+    the relative perplexity reduction (b - a) / b and the token-accuracy difference, each with
+    its number of paired samples and whether it is degenerate (``stats.degenerate``)."""
     nan = float("nan")
     b_by_id = {r["sample_id"]: r for r in b}
     common = [(r, b_by_id[r["sample_id"]]) for r in a if r["sample_id"] in b_by_id]
+    gen = [(x, y) for x, y in common if x["generated"] and y["generated"]]
     out = {"ppl_reduction_vs_base_lo": nan, "ppl_reduction_vs_base_hi": nan,
-           "token_accuracy_vs_base_lo": nan, "token_accuracy_vs_base_hi": nan}
+           "token_accuracy_vs_base_lo": nan, "token_accuracy_vs_base_hi": nan,
+           # fewer than stats.MIN_PAIRED_SAMPLES: the interval is shown but names no regression
+           "paired_samples": len(common), "ppl_reduction_vs_base_degenerate": stats.degenerate(len(common)),
+           "gen_paired_samples": len(gen), "token_accuracy_vs_base_degenerate": stats.degenerate(len(gen))}
     if len(common) >= 2 and all(x["tokens"] for x, _ in common):
         pa_ = stats.ratio_statistic([x["nll_sum"] for x, _ in common], [x["tokens"] for x, _ in common], np.exp)
         pb_ = stats.ratio_statistic([y["nll_sum"] for _, y in common], [y["tokens"] for _, y in common], np.exp)
@@ -255,7 +260,6 @@ def paired_differences(a: list[dict], b: list[dict], resamples: int, seed: int =
         zero = lambda idx: np.zeros(idx.shape[0])  # noqa: E731
         out["ppl_reduction_vs_base_lo"], out["ppl_reduction_vs_base_hi"] = stats.paired(
             reduction, zero, len(common), resamples, seed)
-    gen = [(x, y) for x, y in common if x["generated"] and y["generated"]]
     if len(gen) >= 2:
         out["token_accuracy_vs_base_lo"], out["token_accuracy_vs_base_hi"] = stats.paired(
             stats.mean_statistic([x["token_accuracy"] for x, _ in gen]),
@@ -275,8 +279,10 @@ def summarise(records: list[dict], settings: EvalSettings, base_records: list[di
                    "few_samples": len(recs) < settings.min_samples_per_category, "flag": ""}
             if base_groups and model != "base" and (split, category) in base_groups:
                 row.update(paired_differences(recs, base_groups[(split, category)], settings.bootstrap_resamples))
-                # worse than the base beyond doubt: the whole interval of the reduction below zero
-                if row["ppl_reduction_vs_base_hi"] < 0:
+                # worse than the base beyond doubt: the whole interval of the reduction below zero,
+                # over enough paired samples (a degenerate interval names no regression)
+                if stats.differs((row["ppl_reduction_vs_base_lo"], row["ppl_reduction_vs_base_hi"]),
+                                 row["paired_samples"]) and row["ppl_reduction_vs_base_hi"] < 0:
                     row["flag"] = "regression"
             rows.append(row)
     return rows

@@ -8,7 +8,8 @@ summed n-gram statistics). A
 bootstrap resamples the samples with replacement ``resamples`` times (seeded, so a table is
 reproducible) and takes the 2.5th and 97.5th percentiles of the metric: a percentile interval
 at 95%. A *paired* comparison resamples the same sample indices for both models and gives the
-interval of the difference; a difference whose interval holds 0 is not a difference.
+interval of the difference; a difference whose interval holds 0 is not a difference, and
+one over fewer than ``MIN_PAIRED_SAMPLES`` samples is *degenerate*: shown, never named.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ import numpy as np
 
 LEVEL = 0.95
 RESAMPLES = 1000
+MIN_PAIRED_SAMPLES = 6
+"""A paired interval over fewer samples is *degenerate*: no winner, regression or difference is
+named from it. Even when every sample moves the same way, a sign test cannot tell that from
+chance at 95% below six samples (two-sided p = 2 * 0.5**5 = 0.0625 with five, 0.031 with six),
+while the percentile bootstrap has almost nothing to resample (two samples give three distinct
+resamples) and a difference that is the same on every sample gives an interval of zero width
+that excludes 0."""
 
 
 def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -139,6 +147,17 @@ def paired(statistic_a, statistic_b, n: int, resamples: int = RESAMPLES, seed: i
 def excludes_zero(interval: tuple[float, float]) -> bool:
     lo, hi = interval
     return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
+
+
+def degenerate(n: int) -> bool:
+    """Whether a paired interval over ``n`` samples is degenerate (:data:`MIN_PAIRED_SAMPLES`)."""
+    return n < MIN_PAIRED_SAMPLES
+
+
+def differs(interval: tuple[float, float], n: int) -> bool:
+    """A paired difference over ``n`` samples is named only when its interval excludes 0 and
+    is not degenerate."""
+    return excludes_zero(interval) and not degenerate(n)
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
