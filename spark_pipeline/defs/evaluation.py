@@ -240,7 +240,8 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
                       "checkpoint", "model", "difficulty", "compile_rate", "pass_rate", "pass_rate_lo", "pass_rate_hi",
                       "pass_rate_vs_base_lo", "pass_rate_vs_base_hi")} for r in report.code_rows
                       if r["difficulty"] == "all"]),
-                  "winners": dg.MetadataValue.json({c: w["winner"] or "tie" for c, w in report.winners.items()}),
+                  "winners": dg.MetadataValue.json({c: w["winner"] or ("none (degenerate interval)" if w.get("degenerate")
+                                                                 else "tie") for c, w in report.winners.items()}),
                   **{name: dg.MetadataValue.md(embed_png(p, name)) for name, p in report.plots.items()}},
         check_results=[dg.AssetCheckResult(check_name="no_perplexity_outliers", passed=not report.outliers,
                                            metadata={"flagged": dg.MetadataValue.json(report.outliers),
