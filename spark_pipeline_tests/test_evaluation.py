@@ -213,6 +213,51 @@ def test_what_the_artifact_check_cannot_decide_and_what_it_always_flags():
     assert f["checkpoint"] == "c4" and "not a finite number" in f["evidence"]
 
 
+# hypothesis/reference sets on which unsmoothed BLEU and sacrebleu's default (exp smoothing)
+# differ: no matching 4-gram, too short for a 4-gram, an empty hypothesis, a perfect match
+BLEU_SETS = [
+    (["x = y + z ;"], ["x = y - z ;"]),
+    (["static int counter ; counter ++ ;"], ["static int count ; count ++ ; return count ;"]),
+    (["int a ;", "GPIOA -> MODER |= 1 ;"], ["int a ;", "GPIOA -> ODR |= 1 ;"]),
+    (["", "return 0 ;", "REG->CTRL = 0;"], ["return 0 ;", "return 1 ;", "REG->CTRL = 0;"]),
+    (["int main ( void ) { return 0 ; }", "GPIOA -> MODER |= 1 ;", "x = y + z ;", "while (1) { }"],
+     ["int main ( void ) { return 0 ; }", "GPIOA -> ODR |= 1 ;", "x = y - z ;", "for (;;) { }"]),
+]
+
+
+@pytest.mark.parametrize("hyps,refs", BLEU_SETS)
+def test_bleu_is_sacrebleus_default_corpus_and_sentence_bleu(hyps, refs):
+    """Before: the bootstrapped BLEU was scored unsmoothed (0 where sacrebleu's corpus BLEU
+    gives 38.0) and a sample's BLEU was a one-sentence corpus BLEU (0 where sentence_bleu
+    gives 100 for a three-token exact match)."""
+    import numpy as np
+    import sacrebleu
+
+    from spark_pipeline.evaluation import stats
+
+    table = stats.bleu_statistics(hyps, refs)
+    assert stats.corpus_bleu_from(table) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+    for h, r, row in zip(hyps, refs, table, strict=True):
+        assert stats.sentence_bleu_from(row) == pytest.approx(sacrebleu.sentence_bleu(h, [r]).score, abs=1e-9)
+    # the bootstrap scores each resample the same way: the identity resample is the corpus BLEU
+    identity = np.arange(len(hyps))[None, :]
+    assert stats.bleu_statistic(table)(identity)[0] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score,
+                                                                     abs=1e-9)
+
+
+def test_bleu_signatures_are_sacrebleus_defaults():
+    import sacrebleu
+
+    from spark_pipeline.evaluation import stats
+
+    version = sacrebleu.__version__
+    assert stats.bleu_signature() == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{version}"
+    assert stats.sentence_bleu_signature() == f"nrefs:1|case:mixed|eff:yes|tok:13a|smooth:exp|version:{version}"
+    corpus = sacrebleu.BLEU()
+    corpus.corpus_score(["a b"], [["a b"]])
+    assert stats.bleu_signature() == str(corpus.get_signature())
+
+
 def _eval_samples(tok):
     texts = ["static int counter;\nint bump(void)\n{\n    counter++;\n    return 0;\n}\n",
              "void reset(void)\n{\n    REG->CTRL = 0;\n    return;\n}\n"]
@@ -221,6 +266,9 @@ def _eval_samples(tok):
 
 
 def test_external_models_over_both_protocols_with_cache(tmp_path):
+    import sacrebleu
+
+    from spark_pipeline.evaluation import stats
     from spark_pipeline.evaluation.external import ExternalModel, evaluate_external
     from spark_pipeline.tokens.tokenizer import load_tokenizer
     from spark_pipeline_tests.fake_llm import FakeLLM
@@ -241,6 +289,15 @@ def test_external_models_over_both_protocols_with_cache(tmp_path):
             assert len(records) == 3 and all(r["generation"] is not None and r["prompt_sha256"] for r in records)
             acc = [r["token_accuracy"] for r in records if r["split"] == "in_domain"]
             assert by[("in_domain", "all")]["gen_token_accuracy"] == pytest.approx(sum(acc) / len(acc))
+            # BLEU as sacrebleu computes it on the stored texts: sentence BLEU per sample, corpus BLEU per row
+            hyps = [tok.decode(r["generation_ids"][:len(r["reference_ids"])]) for r in records]
+            for r, h in zip(records, hyps, strict=True):
+                assert r["bleu4"] == pytest.approx(sacrebleu.sentence_bleu(h, [r["reference"]]).score, abs=1e-9)
+                assert r["bleu4_signature"] == stats.sentence_bleu_signature()
+            in_domain = [(h, r["reference"]) for h, r in zip(hyps, records, strict=True) if r["split"] == "in_domain"]
+            assert by[("in_domain", "all")]["bleu4"] == pytest.approx(sacrebleu.corpus_bleu(
+                [h for h, _ in in_domain], [[ref for _, ref in in_domain]]).score, abs=1e-9)
+            assert by[("in_domain", "all")]["bleu4_signature"] == stats.bleu_signature()
         seen = len(server.requests)
         qwen = ExternalModel(name="qwen", provider="openai", model="qwen3-coder", base_url=f"{server.url}/v1")
         _, _, again = evaluate_external(qwen, samples, tok, 16, 5, 0.75, tmp_path / "qwen")
@@ -358,6 +415,7 @@ def test_category_winner_needs_a_difference_outside_the_interval():
         "only the latest checkpoint competes; held-out rows do not count"
     lo, hi = winners["crypto"]["interval"]
     assert 0 < lo < winners["crypto"]["difference"] < hi
+    assert not winners["crypto"]["degenerate"] and winners["crypto"]["paired_samples"] == 8, "eight samples suffice"
     lo, hi = winners["gpio"]["interval"]
     assert lo < 0 < hi, "a 1.5-point difference on six samples is inside the interval: a tie"
 
@@ -407,6 +465,7 @@ def test_summary_rows_carry_intervals_and_flag_a_regression_against_the_base():
         assert row["flag"] == flag, (adapter_nll, row["ppl_reduction_vs_base_lo"], row["ppl_reduction_vs_base_hi"])
         assert row["perplexity_lo"] <= row["perplexity"] <= row["perplexity_hi"]
         assert row["samples"] == 30 and row["few_samples"] is False
+        assert row["paired_samples"] == 30 and not row["ppl_reduction_vs_base_degenerate"]
     assert all(r["few_samples"] for r in summarise(base[:5], settings)), "fewer than min_samples_per_category"
 
 
@@ -459,3 +518,66 @@ def test_sparkline_is_short_enough_to_show_inline_and_keeps_the_ends():
     assert ys[0] == 2 and ys[-1] == 46, "the first (highest) value at the top, the last (lowest) at the bottom"
     assert "loss: 5 → 1 (min 1, max 5, 10000 points)" in markdown
     assert sparkline_markdown([float("nan")], "loss") == "loss: no finite values"
+
+
+def test_bleu_note_states_the_signature_and_names_tables_under_another_bleu():
+    from spark_pipeline.evaluation import stats
+    from spark_pipeline.evaluation.report import bleu_note
+
+    rows = [{"model": "adapter:new", "checkpoint": "new", "bleu4": 12.0, "bleu4_signature": stats.bleu_signature()},
+            {"model": "adapter:old", "checkpoint": "old", "bleu4": 11.0},
+            {"model": "base", "checkpoint": "new", "bleu4": float("nan")}]
+    note = bleu_note(rows)
+    assert f"`{stats.bleu_signature()}`" in note and f"`{stats.sentence_bleu_signature()}`" in note
+    assert "old (no signature: unsmoothed)" in note and "new (" not in note
+    assert "another BLEU" not in bleu_note(rows[:1])
+
+
+def test_two_paired_samples_with_a_constant_difference_name_no_winner_and_no_regression():
+    """Before: two samples improved by the same 0.3 gave a paired bootstrap interval of zero
+    width, [0.3, 0.3], and the adapter was named winner; two samples with the same perplexity
+    ratio were flagged a regression. Now the interval is marked degenerate and nothing is named."""
+    from spark_pipeline.evaluation import stats
+    from spark_pipeline.evaluation.evaluate import EvalSettings, summarise
+    from spark_pipeline.evaluation.report import (
+        category_winners,
+        degenerate_note,
+        table_markdown,
+        winners_markdown,
+    )
+
+    adapter = "adapter:hero.20261122-093015-a3f1--checkpoint-4"
+    records = _records("base", "gpio", [0.2, 0.4]) + _records(adapter, "gpio", [0.5, 0.7], 4)
+    rows = [_row("base", "gpio", records[:2]),
+            _row(adapter, "gpio", records[2:], 4, checkpoint="hero.20261122-093015-a3f1--checkpoint-4")]
+    winners = category_winners(rows, records, resamples=300)
+    lo, hi = winners["gpio"]["interval"]
+    assert lo == pytest.approx(0.3) and hi == pytest.approx(0.3), "a zero-width interval that excludes 0"
+    assert winners["gpio"]["winner"] is None and winners["gpio"]["degenerate"]
+    assert winners["gpio"]["paired_samples"] == 2
+    assert "none (degenerate interval)" in winners_markdown(winners)
+
+    settings = EvalSettings(split_fraction=0.75, max_new_tokens=8, max_samples_per_category=0,
+                            generation_samples_per_category=0, batch_size=4, outlier_factor=2.0,
+                            min_samples_per_category=10, bootstrap_resamples=300)
+
+    def recs(model, nll_per_token, n):
+        return [{"model": model, "split": "in_domain", "category": "crypto", "sample_id": f"s{i}", "tokens": 50,
+                 "nll_sum": 50 * (nll_per_token + 0.05 * i), "suffix_tokens": 12, "suffix_nll_sum": 12.0,
+                 "top1": 6, "top5": 9, "generated": False} for i in range(n)]
+
+    base = recs("base", 2.0, 2)
+    table = summarise(base + recs(adapter, 2.3, 2), settings, base)
+    row = next(r for r in table if r["model"] == adapter and r["category"] == "crypto")
+    assert row["ppl_reduction_vs_base_hi"] < 0 and stats.excludes_zero(
+        (row["ppl_reduction_vs_base_lo"], row["ppl_reduction_vs_base_hi"])), "the interval alone would say worse"
+    assert row["flag"] == "" and row["ppl_reduction_vs_base_degenerate"] and row["paired_samples"] == 2
+    assert "(degenerate: 2 paired)" in table_markdown([row])
+    note = degenerate_note(table, winners)
+    assert note and "fewer than 6 paired samples" in note and "in_domain/crypto (2)" in note and "gpio (2)" in note
+    # the same shift over enough samples is named
+    base = recs("base", 2.0, 8)
+    row = next(r for r in summarise(base + recs(adapter, 2.3, 8), settings, base)
+               if r["model"] == adapter and r["category"] == "crypto")
+    assert row["flag"] == "regression" and not row["ppl_reduction_vs_base_degenerate"]
+    assert stats.degenerate(5) and not stats.degenerate(6)

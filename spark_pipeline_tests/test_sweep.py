@@ -82,6 +82,31 @@ def test_table_7_reproduces_table_8_and_the_matched_cells_reverse_the_learning_r
     assert "r512: 0.00156" in markdown
 
 
+def test_table_9_lists_r128_full_5e5_twice_the_duplicate_is_named_and_dropped():
+    """The paper's Table 9 has 11 rows for 10 configurations: r128-full-5e-5 twice (peak / mean
+    gradient norm 4.37 / 2.14, then 2.09 / 1.61). Fed as runs (seed 0, as in the paper; the
+    repeat's loss is the one Table 7 gives that configuration), the analysis used to count it
+    twice: Table 8's means shifted and it only said the cells had different numbers of seeds."""
+    runs = _table7_runs()
+    first = next(r for r in runs if r["params"] == {"lora_r": 128, "targets": "full", "learning_rate": 5.0e-5})
+    first.update(peak_grad_norm=4.37, mean_grad_norm=2.14)
+    runs.append({**first, "trial": len(runs), "peak_grad_norm": 2.09, "mean_grad_norm": 1.61})
+    assert len(runs) == 11
+    result = analyse(runs, SPACE, alpha_per_rank=2)
+    assert result["duplicate_runs"] == [{"configuration": "r128-full-lr5e-05", "seed": 0, "trial": 10,
+                                         "kept_trial": first["trial"], "state": "COMPLETE", "value": 1.162}]
+    assert result["runs"] == result["completed_runs"] == 10
+    warnings = " ".join(result["warnings"])
+    assert "duplicate run(s)" in warnings and "r128-full-lr5e-05 seed 0 (trial 10, a repeat of trial 6)" in warnings
+    assert "different numbers of seeds" not in warnings and result["design"]["seeds_per_cell"] == [1]
+    means = {(m["factor"], m["level"]): m["mean"] for m in result["marginal_means"]}
+    for key, paper in TABLE_8.items():
+        assert abs(means[key] - paper) <= 0.0005 + 1e-12, (key, means[key], paper)  # Table 8 as without the repeat
+    row = next(s for s in result["stability"] if s["configuration"] == "r128-full-lr5e-05")
+    assert (row["runs"], row["peak_grad_norm"], row["mean_grad_norm"]) == (1, 4.37, 2.14), "the first row is kept"
+    assert "r128-full-lr5e-05 seed 0 (trial 10" in to_markdown(result)
+
+
 def test_a_balanced_design_with_consistent_effects_has_no_warnings():
     runs = [{"trial": i, "params": {"lora_r": r, "targets": t}, "state": "COMPLETE", "seed": s,
              "value": 1.2 - 0.1 * (r == 512) - 0.01 * (t == "full") + 0.001 * s}

@@ -16,6 +16,7 @@ from spark_pipeline.defs.resources import (
     stage_asset,
     table_metadata,
 )
+from spark_pipeline.evaluation import stats
 from spark_pipeline.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_checkpoint
 from spark_pipeline.evaluation.report import (
     COLUMN_DESCRIPTIONS,
@@ -35,7 +36,7 @@ from spark_pipeline.training.runs import bucket_checkpoints, checkpoint_folder, 
 from spark_pipeline.training.settings import TrainingSettings
 
 checkpoint_partitions = dg.DynamicPartitionsDefinition(name="checkpoints")
-EVAL_CODE_VERSION = "2"
+EVAL_CODE_VERSION = "3"
 
 
 def discover_checkpoints(runs: Path) -> dict[str, Path]:
@@ -193,7 +194,8 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
                   "categories_with_few_samples": dg.MetadataValue.json(
                       {"below": ev.min_samples_per_category, "categories": few}),
                   "base_model": dg.MetadataValue.json(sanity["base_model"]), "dtype": settings.dtype,
-                  "lineage_sha256": rows[0]["lineage_sha256"], "sanity": dg.MetadataValue.json(sanity)},
+                  "lineage_sha256": rows[0]["lineage_sha256"], "sanity": dg.MetadataValue.json(sanity),
+                  "bleu4_signature": stats.bleu_signature()},
         check_results=[dg.AssetCheckResult(check_name="adapter_loaded", passed=True, description=f"checkpoint {key}",
                                            metadata={"partition": key,
                                                      "max_logit_difference": sanity["max_logit_difference"],
@@ -238,6 +240,7 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(report.out / "report.parquet", descriptions=COLUMN_DESCRIPTIONS),
                   "checkpoints": report.checkpoints, "rows": len(report.rows),
+                  "bleu4_signature": stats.bleu_signature(),
                   "path": dg.MetadataValue.path(str(report.out)),
                   "perplexity_inline": dg.MetadataValue.md(sparkline_markdown(
                       report.perplexity_series, f"in-domain perplexity over the checkpoints of {newest}")),
@@ -248,7 +251,8 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
                       "checkpoint", "model", "difficulty", "compile_rate", "pass_rate", "pass_rate_lo", "pass_rate_hi",
                       "pass_rate_vs_base_lo", "pass_rate_vs_base_hi")} for r in report.code_rows
                       if r["difficulty"] == "all"]),
-                  "winners": dg.MetadataValue.json({c: w["winner"] or "tie" for c, w in report.winners.items()}),
+                  "winners": dg.MetadataValue.json({c: w["winner"] or ("none (degenerate interval)" if w.get("degenerate")
+                                                                 else "tie") for c, w in report.winners.items()}),
                   **{name: dg.MetadataValue.md(embed_png(p, name)) for name, p in report.plots.items()}},
         check_results=[dg.AssetCheckResult(check_name="no_perplexity_outliers", passed=not report.outliers,
                                            metadata={"flagged": dg.MetadataValue.json(report.outliers),

@@ -154,7 +154,7 @@ def sample_records(model, name: str, samples: list[dict], tokenizer, settings: E
                "suffix_nll_sum": sc.suffix_nll_sum, "top1": sc.top1, "top5": sc.top5, "generated": i in generated,
                "prompt_sha256": None, "prompt_tokens": None, "reference": None, "generation": None,
                "reference_ids": None, "generation_ids": None, "token_accuracy": None, "exact_match": None,
-               "bleu4": None, "bleu_stats": None, "compiles": None, "memorized_longest": None}
+               "bleu4": None, "bleu_stats": None, "bleu4_signature": None, "compiles": None, "memorized_longest": None}
         if i in generated:
             cut = cuts[i]
             prompt = s["ids"][:cut]
@@ -166,7 +166,8 @@ def sample_records(model, name: str, samples: list[dict], tokenizer, settings: E
                         "prompt_tokens": cut, "reference": ref, "generation": tokenizer.decode(gen),
                         "reference_ids": reference, "generation_ids": gen,
                         "token_accuracy": token_accuracy(gen, reference), "exact_match": exact_match(gen, reference),
-                        "bleu4": stats.corpus_bleu_from(bleu_stats[None, :]), "bleu_stats": bleu_stats.tolist()})
+                        "bleu4": stats.sentence_bleu_from(bleu_stats), "bleu_stats": bleu_stats.tolist(),
+                        "bleu4_signature": stats.sentence_bleu_signature()})
             if "include_dirs" in context:
                 rec["compiles"] = compiles(tokenizer.decode(prompt) + tokenizer.decode(gen),
                                            context["include_dirs"].get(s.get("pair_id"), []))
@@ -203,6 +204,7 @@ def _metrics(recs: list[dict], resamples: int, seed: int) -> dict:
         compiled = [r["compiles"] for r in gen if r["compiles"] is not None]
         overlaps = [r["memorized_longest"] for r in gen if r["memorized_longest"] is not None]
         out.update({"gen_token_accuracy": float(np.mean(acc)), "bleu4": stats.corpus_bleu_from(bleu),
+                    "bleu4_signature": stats.bleu_signature(),
                     "exact_match": exact / len(gen),
                     "compile_rate": sum(compiled) / len(compiled) if compiled else nan,
                     "memorized_longest_max": max(overlaps) if overlaps else -1,
@@ -221,6 +223,7 @@ def _metrics(recs: list[dict], resamples: int, seed: int) -> dict:
                                      "bleu4_lo", "bleu4_hi", "exact_match_lo", "exact_match_hi",
                                      "compile_rate_lo", "compile_rate_hi")})
         out["memorized_longest_max"] = -1
+        out["bleu4_signature"] = ""
     return out
 
 
@@ -234,12 +237,17 @@ def _groups(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 def paired_differences(a: list[dict], b: list[dict], resamples: int, seed: int = 0) -> dict:
     """Intervals of model a minus model b on the samples both have (matched by sample id):
-    the relative perplexity reduction (b - a) / b and the token-accuracy difference."""
+    the relative perplexity reduction (b - a) / b and the token-accuracy difference, each with
+    its number of paired samples and whether it is degenerate (``stats.degenerate``)."""
     nan = float("nan")
     b_by_id = {r["sample_id"]: r for r in b}
     common = [(r, b_by_id[r["sample_id"]]) for r in a if r["sample_id"] in b_by_id]
+    gen = [(x, y) for x, y in common if x["generated"] and y["generated"]]
     out = {"ppl_reduction_vs_base_lo": nan, "ppl_reduction_vs_base_hi": nan,
-           "token_accuracy_vs_base_lo": nan, "token_accuracy_vs_base_hi": nan}
+           "token_accuracy_vs_base_lo": nan, "token_accuracy_vs_base_hi": nan,
+           # fewer than stats.MIN_PAIRED_SAMPLES: the interval is shown but names no regression
+           "paired_samples": len(common), "ppl_reduction_vs_base_degenerate": stats.degenerate(len(common)),
+           "gen_paired_samples": len(gen), "token_accuracy_vs_base_degenerate": stats.degenerate(len(gen))}
     if len(common) >= 2 and all(x["tokens"] for x, _ in common):
         pa_ = stats.ratio_statistic([x["nll_sum"] for x, _ in common], [x["tokens"] for x, _ in common], np.exp)
         pb_ = stats.ratio_statistic([y["nll_sum"] for _, y in common], [y["tokens"] for _, y in common], np.exp)
@@ -251,7 +259,6 @@ def paired_differences(a: list[dict], b: list[dict], resamples: int, seed: int =
         zero = lambda idx: np.zeros(idx.shape[0])  # noqa: E731
         out["ppl_reduction_vs_base_lo"], out["ppl_reduction_vs_base_hi"] = stats.paired(
             reduction, zero, len(common), resamples, seed)
-    gen = [(x, y) for x, y in common if x["generated"] and y["generated"]]
     if len(gen) >= 2:
         out["token_accuracy_vs_base_lo"], out["token_accuracy_vs_base_hi"] = stats.paired(
             stats.mean_statistic([x["token_accuracy"] for x, _ in gen]),
@@ -271,8 +278,10 @@ def summarise(records: list[dict], settings: EvalSettings, base_records: list[di
                    "few_samples": len(recs) < settings.min_samples_per_category, "flag": ""}
             if base_groups and model != "base" and (split, category) in base_groups:
                 row.update(paired_differences(recs, base_groups[(split, category)], settings.bootstrap_resamples))
-                # worse than the base beyond doubt: the whole interval of the reduction below zero
-                if row["ppl_reduction_vs_base_hi"] < 0:
+                # worse than the base beyond doubt: the whole interval of the reduction below zero,
+                # over enough paired samples (a degenerate interval names no regression)
+                if stats.differs((row["ppl_reduction_vs_base_lo"], row["ppl_reduction_vs_base_hi"]),
+                                 row["paired_samples"]) and row["ppl_reduction_vs_base_hi"] < 0:
                     row["flag"] = "regression"
             rows.append(row)
     return rows
@@ -297,7 +306,8 @@ def _base_records(adapted, base_weights_sha256: str, base_model: Path, eval_dir:
     generation = {k: v for k, v in settings.__dict__.items() if k not in ("min_samples_per_category",
                                                                           "bootstrap_resamples", "outlier_factor", "outlier_z")}
     digest.update(json.dumps([generation, tokenizer.fingerprint, str(next(adapted.parameters()).dtype),
-                              sorted((context or {}).get("include_dirs", {})), (context or {}).get("ngram_key", "")],
+                              sorted((context or {}).get("include_dirs", {})), (context or {}).get("ngram_key", ""),
+                              stats.sentence_bleu_signature()],
                              sort_keys=True, default=str).encode())
     cached = Path(cache_dir) / f"base-{digest.hexdigest()[:16]}.samples.parquet"
     if cached.exists():

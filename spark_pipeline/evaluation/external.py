@@ -67,7 +67,8 @@ def evaluate_external(spec: ExternalModel, samples: list[dict], tokenizer, max_n
             "prompt_tokens": cut, "reference": ref, "generation": tokenizer.decode(generated),
             "reference_ids": reference, "generation_ids": generated,
             "token_accuracy": token_accuracy(generated, reference), "exact_match": exact_match(generated, reference),
-            "bleu4": stats.corpus_bleu_from(bleu_stats[None, :]), "bleu_stats": bleu_stats.tolist(),
+            "bleu4": stats.sentence_bleu_from(bleu_stats), "bleu_stats": bleu_stats.tolist(),
+            "bleu4_signature": stats.sentence_bleu_signature(),
             "compiles": None, "memorized_longest": None})
     settings = settings or EvalSettings(split_fraction=split_fraction, max_new_tokens=max_new_tokens,
                                         max_samples_per_category=0, generation_samples_per_category=per_category,

@@ -169,7 +169,9 @@ def code_regression_rows(checkpoint: Path, base_path: Path, key: str, settings, 
             row["pass_rate_lo"], row["pass_rate_hi"] = stats.wilson(passed, len(group))
             row["compile_rate_lo"], row["compile_rate_hi"] = stats.wilson(compiled, len(group))
             row["pass_rate_vs_base_lo"], row["pass_rate_vs_base_hi"] = float("nan"), float("nan")
+            row["pass_rate_vs_base_degenerate"] = False
             if name != "base":  # paired: the same problems, adapter minus base
+                row["pass_rate_vs_base_degenerate"] = stats.degenerate(len(group))
                 base_group = [o for o in outcomes_by_model["base"] if difficulty == "all" or o.difficulty == difficulty]
                 row["pass_rate_vs_base_lo"], row["pass_rate_vs_base_hi"] = stats.paired(
                     stats.mean_statistic([float(o.passed) for o in group]),
@@ -198,4 +200,6 @@ def write_code_regression(out: Path, rows: list[dict]) -> None:
                       "pass rate − base [95% paired] |\n|---|---|---|---|---|---|\n" + "".join(
                           f"| {r['model']} | {r['difficulty']} | {r['problems']} | {r['compile_rate']:.3f}"
                           f"{interval(r, 'compile_rate')} | {r['pass_rate']:.3f}{interval(r, 'pass_rate')} | "
-                          f"{interval(r, 'pass_rate_vs_base').strip() or '-'} |\n" for r in rows))
+                          f"{interval(r, 'pass_rate_vs_base').strip() or '-'}"
+                          f"{' (degenerate: too few problems)' if r.get('pass_rate_vs_base_degenerate') else ''} |\n"
+                          for r in rows))

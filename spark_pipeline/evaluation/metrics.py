@@ -11,7 +11,8 @@
   generated token equals the reference token (position by position, the generation cut or
   padded to the reference's length, so missing tokens count as wrong); *exact match* is
   1 when the generation reproduces the whole reference suffix; BLEU-4 is sacrebleu's corpus
-  BLEU on the decoded texts.
+  BLEU on the decoded texts with sacrebleu's default settings (13a tokenizer, ``exp``
+  smoothing; see :mod:`spark_pipeline.evaluation.stats` for its signature).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ COLUMNS_WITH_INTERVALS = {"perplexity": ("perplexity_lo", "perplexity_hi"),
                           "compile_rate": ("compile_rate_lo", "compile_rate_hi")}
 GENERATION_COLUMNS = ["checkpoint", "step", "model", "split", "category", "pair_id", "sample_id", "prompt_sha256",
                       "prompt_tokens", "reference", "generation", "reference_ids", "generation_ids", "token_accuracy",
-                      "exact_match", "bleu4", "bleu_stats", "compiles", "memorized_longest"]
+                      "exact_match", "bleu4", "bleu_stats", "bleu4_signature", "compiles", "memorized_longest"]
 
 
 def _fmt(value, interval=None) -> str:
@@ -91,8 +91,27 @@ def table_cells(rows: list[dict]) -> list[dict[str, str]]:
                 value = f"{value} (few)"
             bounds = COLUMNS_WITH_INTERVALS.get(c)
             cells[c] = _fmt(value, (r.get(bounds[0]), r.get(bounds[1])) if bounds else None)
+            if c == "ppl_reduction_vs_base" and r.get("ppl_reduction_vs_base_degenerate"):
+                cells[c] += f" (degenerate: {r.get('paired_samples', 0)} paired)"
         out.append(cells)
     return out
+
+
+def bleu_note(rows: list[dict]) -> str:
+    """What BLEU-4 is, with sacrebleu's signatures; rows whose BLEU-4 was computed under
+    another signature (or before signatures were recorded: unsmoothed) are named."""
+    from spark_pipeline.evaluation import stats
+
+    current = stats.bleu_signature()
+    other = sorted({f"{r.get('checkpoint') or r['model']} ({r.get('bleu4_signature') or 'no signature: unsmoothed'})"
+                    for r in rows if isinstance(r.get("bleu4"), float) and math.isfinite(r["bleu4"])
+                    and r.get("bleu4_signature") != current})
+    text = (f"BLEU-4: sacrebleu corpus BLEU with its default settings, signature `{current}`; per-sample BLEU "
+            f"(generations.parquet): sacrebleu sentence BLEU with its defaults, signature "
+            f"`{stats.sentence_bleu_signature()}`.")
+    if other:
+        text += " Computed under another BLEU, not comparable (re-evaluate them): " + ", ".join(other) + "."
+    return text
 
 
 def table_markdown(rows: list[dict]) -> str:
@@ -156,9 +175,10 @@ def category_winners(rows: list[dict], records: list[dict], resamples: int = 100
     """Per in-domain category, the model with the highest generative token accuracy among the
     base, the newest run's latest non-outlier checkpoint and the external models (§6.6
     "winner") — but only when it beats the runner-up outside the 95% interval of their paired
-    difference on the same samples. Otherwise the category is a tie, whatever the order of
-    names. Returns per category ``winner`` (a model or None), ``contenders`` (best first, with
-    values), ``difference`` and its ``interval``."""
+    difference on the same samples, over at least ``stats.MIN_PAIRED_SAMPLES`` of them.
+    Otherwise the category is a tie, whatever the order of names. Returns per category
+    ``winner`` (a model or None), ``contenders`` (best first, with values), ``difference``, its
+    ``interval``, ``paired_samples`` and ``degenerate`` (an interval over too few samples)."""
     from spark_pipeline.evaluation import stats
 
     newest = latest(rows)
@@ -174,17 +194,20 @@ def category_winners(rows: list[dict], records: list[dict], resamples: int = 100
         ranked = sorted((r for r in contenders if r["category"] == category),
                         key=lambda r: r["gen_token_accuracy"], reverse=True)
         entry = {"contenders": [(r["model"], r["gen_token_accuracy"]) for r in ranked], "winner": None,
-                 "difference": float("nan"), "interval": (float("nan"), float("nan"))}
+                 "difference": float("nan"), "interval": (float("nan"), float("nan")), "paired_samples": 0,
+                 "degenerate": False}
         if len(ranked) >= 2:
             best, second = ranked[0], ranked[1]
             entry["difference"] = best["gen_token_accuracy"] - second["gen_token_accuracy"]
             a = by_model.get((best["model"], category), {})
             b = by_model.get((second["model"], category), {})
             common = sorted(set(a) & set(b))
+            entry["paired_samples"] = len(common)
             if entry["difference"] > 0 and len(common) >= 2:
                 entry["interval"] = stats.paired(stats.mean_statistic([a[i] for i in common]),
                                                  stats.mean_statistic([b[i] for i in common]), len(common), resamples)
-                if stats.excludes_zero(entry["interval"]):
+                entry["degenerate"] = stats.degenerate(len(common))
+                if stats.differs(entry["interval"], len(common)):
                     entry["winner"] = best["model"]
         result[category] = entry
     return result
@@ -201,9 +224,31 @@ def winners_markdown(winners: dict[str, dict]) -> str:
             diff = "0.000 (equal)"
         else:
             diff = f"{w['difference']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else " (no paired samples)")
-        lines.append(f"| {category} | {w['winner'] or 'tie'} | "
+            if w.get("degenerate"):
+                diff += f" (degenerate: {w['paired_samples']} paired samples)"
+        winner = w["winner"] or ("none (degenerate interval)" if w.get("degenerate") else "tie")
+        lines.append(f"| {category} | {winner} | "
                      + ", ".join(f"{m} {v:.3f}" for m, v in w["contenders"]) + f" | {diff} |")
     return "\n".join(lines) + "\n"
+
+
+def degenerate_note(rows: list[dict], winners: dict[str, dict]) -> str | None:
+    """The report's note on paired intervals over too few samples: which rows' comparison with
+    the base and which categories' winner comparison are degenerate (none named)."""
+    from spark_pipeline.evaluation.stats import MIN_PAIRED_SAMPLES
+
+    groups = sorted({f"{r.get('checkpoint') or r['model']} {r['split']}/{r['category']} ({r.get('paired_samples', 0)})"
+                     for r in rows if r.get("ppl_reduction_vs_base_degenerate") and r["model"] != "base"})
+    categories = sorted(f"{c} ({w['paired_samples']})" for c, w in winners.items() if w.get("degenerate"))
+    if not groups and not categories:
+        return None
+    parts = [f"Degenerate paired intervals (fewer than {MIN_PAIRED_SAMPLES} paired samples; shown, but no regression "
+             "or winner is named from them):"]
+    if groups:
+        parts.append("against the base, " + ", ".join(groups) + ";")
+    if categories:
+        parts.append("winner comparisons, " + ", ".join(categories) + ";")
+    return " ".join(parts).rstrip(";") + "."
 
 
 def mark_outliers(rows: list[dict], outliers: list[dict]) -> list[dict]:
@@ -225,7 +270,7 @@ def write_tables(out: Path, rows: list[dict], records: list[dict]) -> None:
     pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in GENERATION_COLUMNS} for r in records if r.get("generated", True)]),
                    out / "generations.parquet")
     pq.write_table(pa.Table.from_pylist(records), out / "samples.parquet")
-    atomic_write_text(out / "table.md", table_markdown(rows) + "\n")
+    atomic_write_text(out / "table.md", table_markdown(rows) + "\n\n" + bleu_note(rows) + "\n")
 
 
 @dataclass
@@ -308,6 +353,10 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
                     *(b for pair in COLUMNS_WITH_INTERVALS.values() for b in pair)):
             r.setdefault(col, float("nan"))
         r.setdefault("memorized_longest_max", -1)
+        for col in ("paired_samples", "gen_paired_samples"):
+            r.setdefault(col, 0)
+        for col in ("ppl_reduction_vs_base_degenerate", "token_accuracy_vs_base_degenerate"):
+            r.setdefault(col, False)
     points = []
     for r in sorted((r for r in rows if r["model"].startswith("adapter") and r["category"] == "all"
                      and r["split"] == "in_domain"), key=lambda r: (run_of(r), r["step"])):
@@ -341,16 +390,20 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
                      + "; ".join(f"{o['checkpoint']}: {o['evidence']}" for o in corroborated) + ".")
     if blocked:
         notes.append("Left out, their evaluation was blocked: " + ", ".join(blocked) + ".")
+    winners = category_winners(rows, records, ev.bootstrap_resamples)
+    degenerate = degenerate_note(rows, winners)
+    if degenerate:
+        notes.append(degenerate)
     atomic_write_text(out / "report.md", table_markdown(sorted(rows, key=lambda r: (r["model"], r["split"], r["category"])))
                       + "\n\nIntervals: 95%, bootstrap over samples (Wilson for exact match and compile rate); "
                       "ppl_reduction_vs_base: paired with the base on the same samples.\n"
+                      + f"\n{bleu_note(rows)}\n"
                       + "".join(f"\n{n}\n" for n in notes))
     plots = evaluation_plots(rows, out)
     code_rows = [r for t in sorted(evaluation.glob("*/code_regression.parquet")) if t.parent.name not in blocked
                  for r in pq.read_table(t).to_pylist()]
     if code_rows:
         pq.write_table(pa.Table.from_pylist(code_rows), out / "code_regression.parquet")
-    winners = category_winners(rows, records, ev.bootstrap_resamples)
     atomic_write_text(out / "winners.md", winners_markdown(winners))
     newest = latest(rows)
     regressions = [r["checkpoint"] for r in rows if is_latest(r, newest) and r["split"] == "in_domain"

@@ -5,7 +5,9 @@ trial's ``state`` (COMPLETE, PRUNED, FAIL), the objective ``value`` and the stab
 numbers. The paper's Table 8 averages each level of a factor over whatever runs exist.
 When cells are missing that mixes factors: its two missing cells are both rank 512 at the
 higher learning rate, so the learning-rate means compare mostly-512 runs with no-512 runs.
-Hence, beside the marginal means:
+A configuration run twice at the same seed (the paper's Table 9 lists r128-full-5e-5 twice)
+is counted once: the first run is kept and the dropped ones are named in a warning.
+Beside the marginal means:
 
 * matched comparisons: the difference between two levels of one factor over cells that are
   equal on every other factor, the comparison that holds the rest fixed;
@@ -41,6 +43,28 @@ def _interval(values: list[float]) -> tuple[float, float]:
 
 def _key(params: dict, axes: list[str], skip: str | None = None) -> tuple:
     return tuple((a, repr(params[a])) for a in axes if a != skip)
+
+
+def deduplicate(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(kept, dropped)``: a run of a configuration at a seed already seen (the paper's Table 9
+    lists r128-full-5e-5 twice) is a duplicate. The first is kept; each dropped one is named by
+    its configuration, seed and trial, with the trial it repeats. Runs without a seed (a trial
+    that recorded no run) are never duplicates."""
+    first: dict[tuple, dict] = {}
+    kept, dropped = [], []
+    for position, r in enumerate(runs):
+        if r.get("seed") is None:
+            kept.append(r)
+            continue
+        key = (tuple(sorted((k, repr(v)) for k, v in r["params"].items())), r["seed"])
+        if key in first:
+            dropped.append({"configuration": cell_name(r["params"]), "seed": r["seed"],
+                            "trial": r.get("trial", position), "kept_trial": first[key].get("trial"),
+                            "state": r.get("state"), "value": r.get("value")})
+            continue
+        first[key] = {"trial": r.get("trial", position)}
+        kept.append(r)
+    return kept, dropped
 
 
 def completed(runs: list[dict]) -> list[dict]:
@@ -227,11 +251,16 @@ def importances(study) -> dict:
 
 
 def analyse(runs: list[dict], space: dict, alpha_per_rank: float = 2.0, study=None) -> dict:
+    runs, duplicates = deduplicate(runs)
     marginals = marginal_means(runs, space)
     matched = matched_comparisons(runs, space)
     effects = main_effects(runs, space)
     shape = design(runs, space)
     warnings = []
+    if duplicates:
+        warnings.append(f"{len(duplicates)} duplicate run(s) of a configuration at a seed already seen, dropped (the "
+                        "first is kept): " + ", ".join(f"{d['configuration']} seed {d['seed']} (trial {d['trial']}, a "
+                                                       f"repeat of trial {d['kept_trial']})" for d in duplicates))
     if shape.get("factorial") and shape["missing"]:
         warnings.append(f"unbalanced design: {len(shape['missing'])} of {shape['cells']} cells have no completed "
                         f"run ({', '.join(shape['missing'])}); marginal means are not comparable across levels")
@@ -245,7 +274,7 @@ def analyse(runs: list[dict], space: dict, alpha_per_rank: float = 2.0, study=No
         means = [m["mean"] for m in marginals if m["factor"] == axis]
         if len(means) >= 2:
             ranges[axis] = max(means) - min(means)
-    return {"runs": len(runs), "completed_runs": len(completed(runs)),
+    return {"runs": len(runs), "duplicate_runs": duplicates, "completed_runs": len(completed(runs)),
             "pruned_runs": sum(r["state"] == "PRUNED" for r in runs),
             "failed_runs": sum(r["state"] == "FAIL" for r in runs),
             "marginal_means": marginals, "marginal_range": ranges, "matched": matched, "main_effects": effects,
