@@ -197,10 +197,12 @@ def card_inputs(root: Path, key: str, lineage: dict, settings, min_samples: int)
         base = next((r for r in rows if r["model"] == "base" and r["split"] == split and r["category"] == "all"), None)
         mine = next((r for r in rows if r["model"] != "base" and r["split"] == split and r["category"] == "all"), None)
         if base and mine:
+            interval = (f"degenerate: {mine.get('paired_samples')} paired samples"
+                        if mine.get("ppl_reduction_vs_base_degenerate") else
+                        f"95% interval [{mine.get('ppl_reduction_vs_base_lo', float('nan')):.1%}, "
+                        f"{mine.get('ppl_reduction_vs_base_hi', float('nan')):.1%}]")
             headline += (f"{split.replace('_', '-')} perplexity {base['perplexity']:.3f} → {mine['perplexity']:.3f} "
-                         f"({mine['ppl_reduction_vs_base']:.1%} lower, 95% interval "
-                         f"[{mine.get('ppl_reduction_vs_base_lo', float('nan')):.1%}, "
-                         f"{mine.get('ppl_reduction_vs_base_hi', float('nan')):.1%}]). ")
+                         f"({mine['ppl_reduction_vs_base']:.1%} lower, {interval}). ")
     report = Path(root, "evaluation", "report")
     return {"training_settings": settings.to_dict(), "mixture": mixture,
             "cache": read_json(cache_file),
