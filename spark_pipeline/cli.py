@@ -170,6 +170,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"evaluation sets: {ev['in_domain']} in-domain, {ev['held_out']} held-out samples; "
               f"duplicates dropped {m['duplicates']['dropped']}, contamination found "
               f"{m['contamination']['found']}, dropped {m['contamination']['dropped']}")
+        spec = ev.get("spec_conditioned") or {}
+        print(f"spec-conditioned split: {spec.get('items', 0)} item(s) from the held-out pair(s) "
+              f"{spec.get('per_pair', {})}" + ("" if spec.get("items") else
+                                               " (none: spec-conditioned completion is not evaluated)"))
     from spark_pipeline.training.runs import latest_run
 
     run_dir = latest_run(storage, "hero")
@@ -186,6 +190,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = storage / "evaluation" / "report"
     if (report / "report.md").exists():
         print(f"evaluation tables: {storage / 'evaluation'}/<checkpoint>/table.md; report and plots: {report}")
+        if (report / "spec_conditioned.parquet").exists():
+            import pyarrow.parquet as pq
+
+            from spark_pipeline.evaluation.series import is_latest, latest
+
+            spec_rows = pq.read_table(report / "spec_conditioned.parquet").to_pylist()
+            newest = latest(spec_rows)
+            for r in sorted(spec_rows, key=lambda r: r["model"] != "base"):
+                if r["category"] == "all" and (r["model"] == "base" or is_latest(r, newest)):
+                    print(f"spec-conditioned gain ({r['model'].split('--')[-1]}, {r['items']} items): token accuracy "
+                          f"{r['token_accuracy_gain']:+.3f} [{r['token_accuracy_gain_lo']:+.3f}, "
+                          f"{r['token_accuracy_gain_hi']:+.3f}], identifier match {r['ident_match_gain']:+.3f} "
+                          f"[{r['ident_match_gain_lo']:+.3f}, {r['ident_match_gain_hi']:+.3f}]")
         print("(the numbers come from the small demo model, trained a few steps: they show the machinery)")
     print("browse the runs: make ui, then open http://127.0.0.1:3000")
     return 1 if failures else 0

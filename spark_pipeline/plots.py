@@ -194,6 +194,35 @@ def evaluation_plots(rows: list[dict], out: Path) -> dict[str, Path]:
     return plots
 
 
+def grounding_gain_plot(rows: list[dict], path: Path) -> Path | None:
+    """Spec-conditioned completion: each model's grounding gain (with the datasheet section
+    minus without) per metric over all items, with its paired 95% interval; ``rows`` are the
+    overall (category ``all``) rows of the models to compare, in order."""
+    metrics = [m for m in ("token_accuracy", "ident_match", "compile_rate")
+               if any(math.isfinite(r.get(f"{m}_gain", float("nan"))) for r in rows)]
+    if not rows or not metrics:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3), dpi=80)
+    bar = 0.8 / len(rows)
+    for k, r in enumerate(rows):
+        vals = [r.get(f"{m}_gain", float("nan")) for m in metrics]
+        vals = [v if math.isfinite(v) else 0 for v in vals]
+        lo = [v - r.get(f"{m}_gain_lo", v) if math.isfinite(r.get(f"{m}_gain_lo", float("nan"))) else 0
+              for v, m in zip(vals, metrics, strict=True)]
+        hi = [r.get(f"{m}_gain_hi", v) - v if math.isfinite(r.get(f"{m}_gain_hi", float("nan"))) else 0
+              for v, m in zip(vals, metrics, strict=True)]
+        label = r["model"] if r["model"] == "base" else f"adapter @ {r.get('step', '?')}"
+        ax.bar([i + k * bar for i in range(len(metrics))], vals, bar, label=label,
+               yerr=[[max(0, x) for x in lo], [max(0, x) for x in hi]], capsize=2)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks([i + 0.4 - bar / 2 for i in range(len(metrics))], metrics, fontsize=7)
+    ax.set_ylabel("with section - without (95% paired)", fontsize=7)
+    ax.set_title("spec-conditioned completion: grounding gain", fontsize=9)
+    ax.legend(fontsize=6)
+    return save(fig, path)
+
+
 def sweep_plots(result: dict, runs: list[dict], sweep, folder: Path) -> dict[str, Path]:
     """The objective of every run by trial (pruned and failed marked), each factor's marginal
     means with intervals beside the matched differences, and the importance bars (``sweep``:

@@ -400,6 +400,20 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
         next(r["perplexity"] for r in overall if r["model"] != "base" and r["split"] == "in_domain")), \
         "plain numbers per checkpoint partition, which the UI's Plots tab draws"
     assert "generation:" in meta["examples"].value and "reference:" in meta["examples"].value
+    # spec-conditioned completion: items of the held-out pair, generated with and without their section
+    spec = read_rows(storage / "evaluation" / key / "spec_conditioned.parquet")
+    items = read_rows(storage / "corpus" / "eval" / "spec_conditioned.parquet")
+    assert items and {r["model"] for r in spec} == {"base", f"adapter:{key}"}
+    for r in spec:
+        for metric in ("token_accuracy", "ident_match"):
+            assert r[f"{metric}_gain"] == pytest.approx(r[f"{metric}_with"] - r[f"{metric}_without"])
+            assert r[f"{metric}_gain_lo"] <= r[f"{metric}_gain"] + 1e-12 <= r[f"{metric}_gain_hi"] + 2e-12
+    spec_gens = read_rows(storage / "evaluation" / key / "spec_conditioned_generations.parquet")
+    n_items = next(r["items"] for r in spec if r["model"] == "base" and r["category"] == "all")
+    assert len(spec_gens) == 2 * 2 * n_items and {g["condition"] for g in spec_gens} == {"with_section", "without_section"}
+    assert {g["pair_id"] for g in spec_gens} <= set(json.loads((storage / "pairs" / "registry.json").read_text())["held_out"])
+    assert isinstance(meta["spec_conditioned"].value, dg.TableMetadataValue)
+    assert "Spec-conditioned completion" in (storage / "evaluation" / key / "table.md").read_text()
     logs = [e.event_log_entry.user_message for e in instance.get_records_for_run(ev.run_id).records]
     assert any("scored" in m and "s left" in m for m in logs) and any("generated" in m and "s left" in m for m in logs), \
         "progress per batch with the time left"
@@ -423,6 +437,10 @@ def test_checkpoints_sensor_evaluation_tables_report_and_sanity(built, monkeypat
     latest_rows = meta["latest_vs_base"].value.records
     assert {r.data["model"] for r in latest_rows} == {"base", f"adapter:{key}"} and len(latest_rows) == 4
     assert (storage / "evaluation" / "report" / "report.md").exists()
+    assert isinstance(meta["latest_spec_conditioned"].value, dg.TableMetadataValue)
+    assert "## Spec-conditioned completion" in (storage / "evaluation" / "report" / "report.md").read_text()
+    assert (storage / "evaluation" / "report" / "spec_conditioned.parquet").exists()
+    assert "data:image/png;base64," in meta["grounding_gain"].value
 
     _check_release(built, key, folder, monkeypatch)
 
@@ -592,6 +610,8 @@ def _check_release(built, key: str, checkpoint: Path, monkeypatch):
 
     # the model card: Hugging Face front matter, then Markdown that renders with its tables and plots
     card = (out / "README.md").read_text()
+    assert "### Spec-conditioned completion (held-out pairs)" in card and "identifier match gain" in card
+    assert "grounding_gain.png" in card
     _, front, body = card.split("---\n", 2)
     front = yaml.safe_load(front)
     info = json.loads((out / "release.json").read_text())

@@ -75,3 +75,8 @@ EVAL_SCHEMA = pa.schema([
     ("split", pa.string()), ("pair_id", pa.string()), ("category", pa.string()), ("section_id", pa.string()),
     ("chunk_index", pa.int64()), ("text", pa.string()), ("sample_hash", pa.string()),
 ])
+
+SPEC_ITEM_SCHEMA = pa.schema(list(EVAL_SCHEMA) + [
+    ("section_title", pa.string()), ("section_text", pa.string()), ("code_prefix", pa.string()),
+    ("reference", pa.string()), ("source_files", pa.list_(pa.string())),
+])

@@ -19,6 +19,7 @@ BYTES_PER_WORKER = 16 * 1024 * 1024
 Count = Annotated[int, Field(ge=1)]
 Share = Annotated[int | float, Field(ge=0, le=1)]
 Ratio = Annotated[int | float, Field(gt=0)]
+Size = Annotated[int, Field(ge=0)]
 
 
 class ChunkingSettings(Strict):
@@ -76,6 +77,19 @@ class MixtureSettings(Strict):
         return int(self.max_tokens * self.chars_per_token)
 
 
+class SpecConditionedSettings(Strict):
+    """The spec-conditioned split (beyond the paper; :mod:`spark_pipeline.corpus.specitems`)."""
+
+    max_items_per_pair: Size = 200
+    """At most this many items per held-out pair (a deterministic draw ordered by hash)."""
+    prefix_fraction: Annotated[int | float, Field(gt=0, lt=1)] = 0.5
+    """Share of the code's lines in the prompt; the rest is the reference."""
+    min_code_lines: Annotated[int, Field(ge=2)] = 4
+    """A section needs this many non-blank lines of code to make an item."""
+    min_text_words: Size = 5
+    """... and this many words of datasheet text."""
+
+
 class EvalSettings(Strict):
     in_domain_samples: Annotated[int, Field(ge=0)]
     """Size of the in-domain set, stratified over categories (paper: 2,270)."""
@@ -90,6 +104,8 @@ class EvalSettings(Strict):
     minhash_permutations: Count
     drop_contaminated: bool
     """Drop training samples that duplicate an evaluation sample (exactly or nearly)."""
+    spec_conditioned: SpecConditionedSettings = SpecConditionedSettings()
+    """Items of the spec-conditioned split, from the held-out pairs' mapping files."""
 
 
 class CorpusSettings(Strict):

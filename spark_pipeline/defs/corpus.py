@@ -17,10 +17,12 @@ from spark_pipeline.corpus.parquet import (
     EVAL_SCHEMA,
     REJECTION_SCHEMA,
     SAMPLE_SCHEMA,
+    SPEC_ITEM_SCHEMA,
     read_rows,
     write_table,
 )
 from spark_pipeline.corpus.settings import CorpusSettings
+from spark_pipeline.corpus.specitems import spec_conditioned_items
 from spark_pipeline.corpus.stages import (
     CorpusInputError,
     check_pairs_manifest,
@@ -165,10 +167,11 @@ def quality_samples(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     kinds={'parquet'},
     deps=["quality_samples"],
     automation_condition=AFTER_UPSTREAM,
-    code_version="2",
+    code_version="3",
     description="§3.4: the in-domain set (stratified per category from the tail of each category's "
     "shards, kept out of training) and the held-out set (pairs flagged held_out, without the text a "
-    "training pair also produced: the two sets are disjoint). {storage}/corpus/eval/",
+    "training pair also produced: the two sets are disjoint); beyond the paper, the spec-conditioned split "
+    "(held-out pairs' mapped sections: datasheet text, code prefix, reference code). {storage}/corpus/eval/",
 )
 def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_config: SparkConfig):
     settings = _settings(spark_config)
@@ -181,16 +184,30 @@ def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_co
     rows_out = [{"split": "held_out", **{k: r[k] for k in EVAL_SCHEMA.names if k != "split"}} for r in sets.held_out]
     h_in = write_table(out / "in_domain.parquet", rows_in, EVAL_SCHEMA, lineage)
     h_out = write_table(out / "held_out.parquet", rows_out, EVAL_SCHEMA, lineage)
+    spec = spec_conditioned_items(_held_out_mappings(storage, registry, versions), domain,
+                                  settings.eval.spec_conditioned, settings.cleaning, settings.eval.minhash_threshold,
+                                  settings.eval.minhash_permutations)
+    h_spec = write_table(out / "spec_conditioned.parquet", spec.items, SPEC_ITEM_SCHEMA, lineage)
+    if not spec.items:
+        context.log.warning("the spec-conditioned split is empty: no held-out pair has a section with datasheet text "
+                            "and enough mapped code (spec-conditioned completion will not be evaluated)")
     write_table(out / "duplicates.parquet", [d.to_row("in_domain") for d in in_dups]
-                + [d.to_row("held_out") for d in out_dups] + [d.to_row("held_out_shared") for d in shared],
+                + [d.to_row("held_out") for d in out_dups] + [d.to_row("held_out_shared") for d in shared]
+                + [d.to_row("spec_conditioned") for d in spec.duplicates]
+                + [d.to_row("spec_conditioned_shared") for d in spec.shared],
                 DUPLICATE_SCHEMA, lineage)
     shared_by_kind = {kind: sum(d.kind == kind for d in shared) for kind in ("exact", "near", "contained")}
     per_category: dict[str, dict[str, int]] = {}
     for split, rows in (("in_domain", rows_in), ("held_out", rows_out)):
         for r in rows:
             per_category.setdefault(r["category"], {"in_domain": 0, "held_out": 0})[split] += 1
+    spec_summary = {"items": len(spec.items), "per_pair": {p: sum(r["pair_id"] == p for r in spec.items)
+                                                           for p in registry["held_out"] if p in versions},
+                    "duplicates_dropped": len(spec.duplicates), "shared_with_training_pairs": len(spec.shared),
+                    "capped": spec.capped}
     summary = {"pairs_manifest": registry["entries_digest"], "in_domain": len(rows_in), "held_out": len(rows_out),
-               "sha256": {"in_domain": h_in, "held_out": h_out},
+               "spec_conditioned": spec_summary,
+               "sha256": {"in_domain": h_in, "held_out": h_out, "spec_conditioned": h_spec},
                "duplicates_dropped": {"in_domain": len(in_dups), "held_out": len(out_dups)},
                "held_out_shared_with_training_pairs": {"dropped": len(shared), **shared_by_kind,
                                                        "cases": "duplicates.parquet (scope held_out_shared)"},
@@ -200,14 +217,34 @@ def eval_sets(context: dg.AssetExecutionContext, storage: SparkStorage, spark_co
     return dg.MaterializeResult(
         metadata={**parquet_table_metadata(out / "in_domain.parquet", out / "held_out.parquet"),
                   "in_domain_samples": len(rows_in), "held_out_samples": len(rows_out),
+                  "spec_conditioned_items": len(spec.items),
+                  "spec_conditioned": dg.MetadataValue.json(spec_summary),
                   "duplicates_dropped": dg.MetadataValue.json(summary["duplicates_dropped"]),
                   "held_out_shared_with_training_pairs": len(shared),
                   "held_out_shared_by_kind": dg.MetadataValue.json(shared_by_kind),
                   "skipped_pairs": dg.MetadataValue.json(skipped),
                   "per_category": dg.MetadataValue.json(summary["per_category"]),
                   "path": dg.MetadataValue.path(str(out)), "lineage": dg.MetadataValue.json(lineage)},
-        data_version=dg.DataVersion(h_in[:8] + h_out[:8]),
+        data_version=dg.DataVersion(h_in[:8] + h_out[:8] + h_spec[:8]),
     )
+
+
+def _held_out_mappings(storage: SparkStorage, registry: dict, versions: dict) -> dict[str, tuple[bytes, str]]:
+    """The mapping file and category of every held-out pair whose samples are current (so its
+    mapping is the one they were built from), in pipeline order."""
+    from spark_pipeline.records import sha256_bytes
+
+    found = {}
+    for pair_id in registry["order"]:
+        if pair_id not in registry["held_out"] or pair_id not in versions:
+            continue
+        data = storage.path("specmap", pair_id, "mapping.txt").read_bytes()
+        expected = read_json(storage.path("specmap", pair_id, "mapping.json")).get("mapping_sha256")
+        if expected and sha256_bytes(data) != expected:
+            raise dg.Failure(f"pair {pair_id!r}: mapping.txt does not match the sha256 its sidecar records: "
+                             "materialize specmap_mappings for it again")
+        found[pair_id] = (data, registry["entries"][pair_id]["domain_category"])
+    return found
 
 
 class Recipe(Enum):
@@ -250,7 +287,11 @@ def training_mixture(context: dg.AssetExecutionContext, config: MixtureConfig, s
     eval_dir = storage.path("corpus", "eval")
     if not (eval_dir / "eval.json").exists():
         raise dg.Failure(f"no evaluation sets at {eval_dir}: materialize eval_sets first")
-    eval_rows = read_rows(eval_dir / "in_domain.parquet") + read_rows(eval_dir / "held_out.parquet")
+    if not (eval_dir / "spec_conditioned.parquet").exists():
+        raise dg.Failure(f"the evaluation sets at {eval_dir} predate the spec-conditioned split: materialize eval_sets")
+    # every evaluation split takes part in the contamination check; a spec-conditioned item's text is its code
+    eval_rows = [r for split in ("in_domain", "held_out", "spec_conditioned")
+                 for r in read_rows(eval_dir / f"{split}.parquet")]
     recipe = config.recipe.value if config.recipe else settings.mixture.recipe
     fraction = settings.mixture.general_fraction if config.general_fraction is None else config.general_fraction
     general = []

@@ -115,6 +115,25 @@ def _table_metadata(rows: list[dict]) -> dg.MetadataValue:
     return table_metadata(table_cells(rows), TABLE_COLUMNS, COLUMN_DESCRIPTIONS)
 
 
+def _spec_metadata(spec_rows: list[dict]) -> dict:
+    """Spec-conditioned completion on the asset page: its table (gains with paired intervals)
+    and the overall gains as plain numbers, which the Plots tab draws per checkpoint."""
+    from spark_pipeline.evaluation import speccond
+
+    if not spec_rows:
+        return {"spec_conditioned": dg.MetadataValue.md("no spec-conditioned items: the held-out pairs gave none")}
+    out = {"spec_conditioned": table_metadata(speccond.cells(spec_rows), speccond.TABLE_COLUMNS),
+           "spec_conditioned_note": dg.MetadataValue.md(speccond.NOTE)}
+    for r in spec_rows:
+        if r["category"] == "all":
+            who = "base" if r["model"] == "base" else "adapter"
+            for metric in speccond.METRICS:
+                value = r.get(f"{metric}_gain")
+                if isinstance(value, float) and value == value:
+                    out[f"spec_conditioned/{who}/{metric}_gain"] = value
+    return out
+
+
 def _current_eval_sets(storage: SparkStorage) -> Path:
     """The evaluation sets' folder, when they were built from the pairs manifest in use."""
     from spark_pipeline.corpus.stages import check_pairs_manifest
@@ -157,7 +176,7 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
     code_context = _code_context(storage, lineage)
     out = storage.path("evaluation", key)
     try:
-        rows, records, sanity = evaluate_checkpoint(
+        rows, records, sanity, (spec_rows, spec_records) = evaluate_checkpoint(
             path, base_model_folder(settings, storage.path()), eval_dir, tokenizer,
             settings.max_length, ev, key, cache_dir=storage.path("evaluation", "_base"), context=code_context,
             dtype=settings.dtype, progress=context.log.info)
@@ -174,7 +193,7 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
                          + (f"; its release {storage.path('releases', key)} is marked WITHDRAWN"
                             + (f" ({released['bucket']})" if released.get("bucket") else "") if released else ""),
                          metadata={"sanity": dg.MetadataValue.json(sanity)})
-    write_tables(out, rows, records)
+    write_tables(out, rows, records, spec_rows, spec_records)
     write_resolved(out, spark_config.name())
     overall = {r["model"].split(":")[0] + "/" + r["split"]: round(r["perplexity"], 4) for r in rows
                if r["category"] == "all"}
@@ -195,7 +214,7 @@ def checkpoint_eval(context: dg.AssetExecutionContext, storage: SparkStorage, sp
                       {"below": ev.min_samples_per_category, "categories": few}),
                   "base_model": dg.MetadataValue.json(sanity["base_model"]), "dtype": settings.dtype,
                   "lineage_sha256": rows[0]["lineage_sha256"], "sanity": dg.MetadataValue.json(sanity),
-                  "bleu4_signature": stats.bleu_signature()},
+                  "bleu4_signature": stats.bleu_signature(), **_spec_metadata(spec_rows)},
         check_results=[dg.AssetCheckResult(check_name="adapter_loaded", passed=True, description=f"checkpoint {key}",
                                            metadata={"partition": key,
                                                      "max_logit_difference": sanity["max_logit_difference"],
@@ -253,6 +272,8 @@ def evaluation_report(context: dg.AssetExecutionContext, storage: SparkStorage, 
                       if r["difficulty"] == "all"]),
                   "winners": dg.MetadataValue.json({c: w["winner"] or ("none (degenerate interval)" if w.get("degenerate")
                                                                  else "tie") for c, w in report.winners.items()}),
+                  **{f"latest_{k}" if k == "spec_conditioned" else k: v
+                     for k, v in _spec_metadata(report.latest_spec_rows()).items() if "/" not in k},
                   **{name: dg.MetadataValue.md(embed_png(p, name)) for name, p in report.plots.items()}},
         check_results=[dg.AssetCheckResult(check_name="no_perplexity_outliers", passed=not report.outliers,
                                            metadata={"flagged": dg.MetadataValue.json(report.outliers),

@@ -287,29 +287,28 @@ def summarise(records: list[dict], settings: EvalSettings, base_records: list[di
     return rows
 
 
-def _base_records(adapted, base_weights_sha256: str, base_model: Path, eval_dir: Path, samples, tokenizer,
-                  settings: EvalSettings, cache_dir: Path | None, context: dict | None,
-                  progress: Progress | None) -> list[dict]:
-    """The base model's records (the adapter switched off), computed once per (base weights,
-    evaluation sets, settings). The weights are known by their hash from ``base_identity``
-    (remembered beside them), not read again: 15 GB at 7B."""
-    def compute():
-        with adapted.disable_adapter():
-            return sample_records(adapted, "base", samples, tokenizer, settings, context, progress)
-
-    if cache_dir is None:
-        return compute()
+def _base_digest(base_weights_sha256: str, base_model: Path, eval_files: list[Path], tokenizer,
+                 settings: EvalSettings, dtype, context: dict | None) -> str:
+    """What the base model's records depend on: its weights and config, the evaluation files,
+    the generation settings, the tokenizer, the dtype and the compile/memorization context."""
     digest = hashlib.sha256(base_weights_sha256.encode())
     digest.update(sha256_file(Path(base_model) / "config.json").encode())
-    for split in ("in_domain", "held_out"):
-        digest.update(sha256_file(Path(eval_dir) / f"{split}.parquet").encode())
+    for path in eval_files:
+        digest.update(sha256_file(path).encode())
     generation = {k: v for k, v in settings.__dict__.items() if k not in ("min_samples_per_category",
                                                                           "bootstrap_resamples", "outlier_factor", "outlier_z")}
-    digest.update(json.dumps([generation, tokenizer.fingerprint, str(next(adapted.parameters()).dtype),
+    digest.update(json.dumps([generation, tokenizer.fingerprint, str(dtype),
                               sorted((context or {}).get("include_dirs", {})), (context or {}).get("ngram_key", ""),
                               stats.sentence_bleu_signature()],
                              sort_keys=True, default=str).encode())
-    cached = Path(cache_dir) / f"base-{digest.hexdigest()[:16]}.samples.parquet"
+    return digest.hexdigest()[:16]
+
+
+def _cached(cache_dir: Path | None, name: str, compute: Callable[[], list[dict]],
+            progress: Progress | None) -> list[dict]:
+    if cache_dir is None:
+        return compute()
+    cached = Path(cache_dir) / name
     if cached.exists():
         if progress:
             progress(f"base: records reused from {cached.name}")
@@ -320,11 +319,58 @@ def _base_records(adapted, base_weights_sha256: str, base_model: Path, eval_dir:
     return records
 
 
+def _base_records(adapted, base_weights_sha256: str, base_model: Path, eval_dir: Path, samples, tokenizer,
+                  settings: EvalSettings, cache_dir: Path | None, context: dict | None,
+                  progress: Progress | None) -> list[dict]:
+    """The base model's records (the adapter switched off), computed once per (base weights,
+    evaluation sets, settings). The weights are known by their hash from ``base_identity``
+    (remembered beside them), not read again: 15 GB at 7B."""
+    def compute():
+        with adapted.disable_adapter():
+            return sample_records(adapted, "base", samples, tokenizer, settings, context, progress)
+
+    files = [Path(eval_dir) / f"{split}.parquet" for split in ("in_domain", "held_out")]
+    digest = _base_digest(base_weights_sha256, base_model, files, tokenizer, settings,
+                          next(adapted.parameters()).dtype, context)
+    return _cached(cache_dir, f"base-{digest}.samples.parquet", compute, progress)
+
+
+def _spec_conditioned(adapted, name: str, base_weights_sha256: str, base_model: Path, eval_dir: Path, tokenizer,
+                      settings: EvalSettings, cache_dir: Path | None, context: dict | None,
+                      progress: Progress | None) -> tuple[list[dict], list[dict]]:
+    """Spec-conditioned completion (:mod:`spark_pipeline.evaluation.speccond`): the base
+    model's records (cached like its other records) and the adapter's, and the summary rows.
+    Nothing when the split has no items."""
+    from spark_pipeline.evaluation import speccond
+
+    items = speccond.load_items(eval_dir, tokenizer, settings)
+    if not items:
+        if progress:
+            progress("spec-conditioned completion: no items (the held-out pairs gave none), skipped")
+        return [], []
+    n = len(items) * len(speccond.CONDITIONS)
+
+    def compute():
+        with adapted.disable_adapter():
+            return speccond.spec_records(adapted, "base", items, tokenizer, settings, context,
+                                         _Timer("base spec-conditioned generated", n, progress))
+
+    digest = _base_digest(base_weights_sha256, base_model, [Path(eval_dir) / "spec_conditioned.parquet"], tokenizer,
+                          settings, next(adapted.parameters()).dtype, context)
+    base = _cached(cache_dir, f"base-{digest}.spec_conditioned.parquet", compute, progress)
+    mine = speccond.spec_records(adapted, name, items, tokenizer, settings, context,
+                                 _Timer(f"{name} spec-conditioned generated", n, progress))
+    records = base + mine
+    return speccond.summarise(records, settings.bootstrap_resamples), records
+
+
 def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, tokenizer_name: str, max_length: int,
                         settings: EvalSettings, checkpoint_key: str, cache_dir: Path | None = None,
                         context: dict | None = None, dtype: str = "float32",
-                        progress: Progress | None = None) -> tuple[list[dict], list[dict], dict]:
-    """``(rows, records, sanity)``; rows and records empty when the sanity check fails."""
+                        progress: Progress | None = None) -> tuple[list[dict], list[dict], dict, tuple]:
+    """``(rows, records, sanity, (spec_rows, spec_records))``: the tables' rows, every sample's
+    record, the sanity check, and the spec-conditioned completion's rows and records
+    (:mod:`spark_pipeline.evaluation.speccond`); all empty when the sanity check fails."""
     from peft import PeftModel
 
     from spark_pipeline.training.model import base_identity, load_base_model
@@ -345,12 +391,14 @@ def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, toke
     sanity = adapter_sanity(checkpoint, adapted, samples[0]["ids"][:64], identity)
     sanity["base_model"] = identity
     if not sanity["passed"]:
-        return [], [], sanity
+        return [], [], sanity, ([], [])
     name = f"adapter:{checkpoint_key}"
     base_records = _base_records(adapted, identity["weights_sha256"], base_model, eval_dir, samples, tokenizer,
                                  settings, cache_dir, context, progress)
     records = base_records + sample_records(adapted, name, samples, tokenizer, settings, context, progress)
     rows = summarise(records, settings, base_records)
+    spec_rows, spec_recs = _spec_conditioned(adapted, name, identity["weights_sha256"], base_model, eval_dir,
+                                             tokenizer, settings, cache_dir, context, progress)
     lineage_sha = sha256_file(checkpoint / "lineage.json")
     step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
     base_ppl = {(r["split"], r["category"]): r["perplexity"] for r in rows if r["model"] == "base"}
@@ -360,6 +408,6 @@ def evaluate_checkpoint(checkpoint: Path, base_model: Path, eval_dir: Path, toke
                     "base_model_sha256": identity["weights_sha256"], "dtype": dtype,
                     # relative perplexity reduction against the base (§6.4): 0 for the base itself
                     "ppl_reduction_vs_base": (base_value - row["perplexity"]) / base_value if base_value else float("nan")})
-    for rec in records:
+    for rec in records + spec_rows + spec_recs:
         rec.update({"checkpoint": checkpoint_key, "step": step})
-    return rows, records, sanity
+    return rows, records, sanity, (spec_rows, spec_recs)

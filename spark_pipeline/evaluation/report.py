@@ -260,17 +260,31 @@ def mark_outliers(rows: list[dict], outliers: list[dict]) -> list[dict]:
     return rows
 
 
-def write_tables(out: Path, rows: list[dict], records: list[dict]) -> None:
+def write_tables(out: Path, rows: list[dict], records: list[dict], spec_rows: list[dict] | None = None,
+                 spec_records: list[dict] | None = None) -> None:
     """One checkpoint's (or the external baselines') evaluation: table.parquet and table.md
     (the rows), samples.parquet (every sample's scores) and generations.parquet (every
-    generation); an earlier BLOCKED marker is removed."""
+    generation); with ``spec_rows``, spec_conditioned.parquet (the spec-conditioned
+    completion's rows), spec_conditioned_generations.parquet (its records) and a second table
+    in table.md. An earlier BLOCKED marker is removed."""
+    from spark_pipeline.evaluation import speccond
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "BLOCKED").unlink(missing_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "table.parquet")
     pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in GENERATION_COLUMNS} for r in records if r.get("generated", True)]),
                    out / "generations.parquet")
     pq.write_table(pa.Table.from_pylist(records), out / "samples.parquet")
-    atomic_write_text(out / "table.md", table_markdown(rows) + "\n\n" + bleu_note(rows) + "\n")
+    spec = ""
+    if spec_rows is not None:
+        if spec_rows:
+            pq.write_table(pa.Table.from_pylist(spec_rows), out / "spec_conditioned.parquet")
+            pq.write_table(pa.Table.from_pylist(spec_records or []), out / "spec_conditioned_generations.parquet")
+        else:  # an earlier evaluation's spec-conditioned tables are not this one's
+            (out / "spec_conditioned.parquet").unlink(missing_ok=True)
+            (out / "spec_conditioned_generations.parquet").unlink(missing_ok=True)
+        spec = "\n## Spec-conditioned completion\n\n" + speccond.markdown(spec_rows) + "\n\n" + speccond.NOTE + "\n"
+    atomic_write_text(out / "table.md", table_markdown(rows) + "\n\n" + bleu_note(rows) + "\n" + spec)
 
 
 @dataclass
@@ -297,6 +311,13 @@ class Report:
     """In-domain perplexity over the newest run's checkpoints (outliers left out)."""
     corroborated: list[dict] = field(default_factory=list)
     """Perplexity jumps that an independent metric moved with: real changes, not flagged."""
+    spec_rows: list[dict] = field(default_factory=list)
+    """Spec-conditioned completion: every checkpoint's rows (the base's once)."""
+
+    def latest_spec_rows(self) -> list[dict]:
+        """Spec-conditioned completion of the base and the newest checkpoint, per category."""
+        return sorted((r for r in self.spec_rows if r["model"] == "base" or is_latest(r, self.newest)),
+                      key=lambda r: (r["category"] != "all", r["category"], r["model"] != "base"))
 
     def latest_rows(self) -> list[dict]:
         """The base, the newest checkpoint and the external models, overall."""
@@ -335,6 +356,16 @@ def _gather(evaluation: Path) -> tuple[list[dict], list[dict], dict[str, list], 
 def _json_number(value):
     """A finite number, else None (the points go to the asset check's JSON metadata)."""
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _gather_spec(evaluation: Path, blocked: dict) -> list[dict]:
+    """Every unblocked checkpoint's spec-conditioned rows; the base model's kept once (its
+    records are the same cached ones in every checkpoint)."""
+    rows = [r for t in sorted(evaluation.glob("*/spec_conditioned.parquet"))
+            if t.parent.name not in blocked and t.parent.name not in ("report", "_base", "external")
+            and (t.parent / "table.parquet").exists() for r in pq.read_table(t).to_pylist()]
+    base = {r["category"]: r for r in rows if r["model"] == "base"}
+    return [r for r in rows if r["model"] != "base"] + list(base.values())
 
 
 def build_report(storage_root: Path, ev: EvalSettings) -> Report:
@@ -394,10 +425,22 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
     degenerate = degenerate_note(rows, winners)
     if degenerate:
         notes.append(degenerate)
+    spec_rows = _gather_spec(evaluation, blocked)
+    if spec_rows:
+        pq.write_table(pa.Table.from_pylist(spec_rows), out / "spec_conditioned.parquet")
+    else:
+        (out / "spec_conditioned.parquet").unlink(missing_ok=True)
+        notes.append("Spec-conditioned completion: no items (the held-out pairs gave no section with datasheet text "
+                     "and mapped code), so it was not evaluated.")
+    from spark_pipeline.evaluation import speccond
+
+    spec_md = ("\n## Spec-conditioned completion\n\n" + speccond.markdown(sorted(
+        spec_rows, key=lambda r: (r["model"] != "base", r["model"], r["category"]))) + "\n\n" + speccond.NOTE + "\n"
+        if spec_rows else "")
     atomic_write_text(out / "report.md", table_markdown(sorted(rows, key=lambda r: (r["model"], r["split"], r["category"])))
                       + "\n\nIntervals: 95%, bootstrap over samples (Wilson for exact match and compile rate); "
                       "ppl_reduction_vs_base: paired with the base on the same samples.\n"
-                      + f"\n{bleu_note(rows)}\n"
+                      + f"\n{bleu_note(rows)}\n" + spec_md
                       + "".join(f"\n{n}\n" for n in notes))
     plots = evaluation_plots(rows, out)
     code_rows = [r for t in sorted(evaluation.glob("*/code_regression.parquet")) if t.parent.name not in blocked
@@ -411,5 +454,14 @@ def build_report(storage_root: Path, ev: EvalSettings) -> Report:
     series = [r["perplexity"] for r in sorted(rows, key=lambda r: r["step"])
               if newest and r["model"].startswith("adapter") and run_of(r) == newest[0]
               and r["split"] == "in_domain" and r["category"] == "all" and r.get("flag") != "outlier"]
-    return Report(out, rows, checkpoints, blocked, outliers, points, notes, plots, winners, code_rows, regressions,
-                  newest, series, corroborated)
+    report = Report(out, rows, checkpoints, blocked, outliers, points, notes, plots, winners, code_rows, regressions,
+                    newest, series, corroborated=corroborated, spec_rows=spec_rows)
+    from spark_pipeline.plots import grounding_gain_plot
+
+    gain_plot = grounding_gain_plot([r for r in report.latest_spec_rows() if r["category"] == "all"],
+                                    out / "grounding_gain.png")
+    if gain_plot:
+        plots["grounding_gain"] = gain_plot
+    else:
+        (out / "grounding_gain.png").unlink(missing_ok=True)
+    return report

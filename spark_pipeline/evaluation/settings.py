@@ -43,6 +43,19 @@ class CodeRegression(Strict):
     memory_mb: Count = 1024
 
 
+class SpecConditioned(Strict):
+    """Spec-conditioned completion (beyond the paper): each item of the held-out pairs'
+    ``spec_conditioned`` split generated with and without its datasheet section."""
+
+    items_per_category: Size = 200
+    """At most this many items per category are generated (four generations each: base and
+    adapter, with and without the section); 0: none (the evaluation is skipped)."""
+    max_section_tokens: Count = 1024
+    """The section's text is cut to its first this-many tokens."""
+    max_prefix_tokens: Count = 512
+    """The code prefix keeps its last this-many tokens (those nearest the continuation)."""
+
+
 class EvalSettings(Strict):
     split_fraction: Annotated[int | float, Field(gt=0, lt=1)]
     """The prefix's share of a sample; the rest is scored (paper: 0.75)."""
@@ -61,6 +74,7 @@ class EvalSettings(Strict):
     bootstrap_resamples: Count = 1000
     external_models: tuple[ExternalModel, ...] = ()
     code_regression: CodeRegression = CodeRegression()
+    spec_conditioned: SpecConditioned = SpecConditioned()
 
     @classmethod
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> EvalSettings:
