@@ -199,10 +199,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             newest = latest(spec_rows)
             for r in sorted(spec_rows, key=lambda r: r["model"] != "base"):
                 if r["category"] == "all" and (r["model"] == "base" or is_latest(r, newest)):
+                    def gain(metric, r=r):
+                        if r.get(f"{metric}_gain_degenerate"):
+                            return f"{r[f'{metric}_gain']:+.3f} (too few items for an interval)"
+                        return (f"{r[f'{metric}_gain']:+.3f} [{r[f'{metric}_gain_lo']:+.3f}, "
+                                f"{r[f'{metric}_gain_hi']:+.3f}]")
+
                     print(f"spec-conditioned gain ({r['model'].split('--')[-1]}, {r['items']} items): token accuracy "
-                          f"{r['token_accuracy_gain']:+.3f} [{r['token_accuracy_gain_lo']:+.3f}, "
-                          f"{r['token_accuracy_gain_hi']:+.3f}], identifier match {r['ident_match_gain']:+.3f} "
-                          f"[{r['ident_match_gain_lo']:+.3f}, {r['ident_match_gain_hi']:+.3f}]")
+                          f"{gain('token_accuracy')}, identifier match {gain('ident_match')}")
         print("(the numbers come from the small demo model, trained a few steps: they show the machinery)")
     print("browse the runs: make ui, then open http://127.0.0.1:3000")
     return 1 if failures else 0

@@ -232,3 +232,16 @@ def test_the_mixture_checks_training_rows_against_the_spec_conditioned_split(cor
     assert not refused.success
     error = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error.message
     assert "spec-conditioned" in error and "eval_sets" in error
+
+
+def test_a_gain_over_too_few_items_says_its_interval_is_degenerate():
+    """Four items cannot give a paired 95% interval (the report's rule for every paired one)."""
+    from spark_pipeline.evaluation import speccond
+
+    records = [{"model": "base", "category": "crypto", "sample_id": f"s{i}", "condition": condition,
+                "token_accuracy": 0.5 + (0.1 if condition == "with_section" else 0.0), "ident_match": 0.5,
+                "compiles": None}
+               for i in range(4) for condition in ("with_section", "without_section")]
+    [row, *_] = [r for r in speccond.summarise(records, resamples=200) if r["category"] == "all"]
+    assert row["token_accuracy_gain"] == pytest.approx(0.1) and row["token_accuracy_gain_degenerate"]
+    assert "degenerate" in speccond.cells([row])[0]["token_accuracy_gain"]

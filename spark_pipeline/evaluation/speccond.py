@@ -194,6 +194,7 @@ def summarise(records: list[dict], resamples: int, seed: int = 0) -> list[dict]:
             row[f"{metric}_gain"] = row[f"{metric}_with"] - row[f"{metric}_without"]
             row[f"{metric}_gain_lo"], row[f"{metric}_gain_hi"] = stats.paired(
                 stats.mean_statistic(with_), stats.mean_statistic(without), len(ids), resamples, seed)
+            row[f"{metric}_gain_degenerate"] = stats.degenerate(len(ids))  # too few items to tell
             row[f"{metric}_gain_vs_base"] = row[f"{metric}_gain_vs_base_lo"] = row[f"{metric}_gain_vs_base_hi"] = nan
             if base is not None:
                 theirs = _values(base, metric)
@@ -204,6 +205,7 @@ def summarise(records: list[dict], resamples: int, seed: int = 0) -> list[dict]:
                     row[f"{metric}_gain_vs_base"] = float(np.mean(mine_gain) - np.mean(base_gain))
                 row[f"{metric}_gain_vs_base_lo"], row[f"{metric}_gain_vs_base_hi"] = stats.paired(
                     stats.mean_statistic(mine_gain), stats.mean_statistic(base_gain), len(common), resamples, seed)
+                row[f"{metric}_gain_vs_base_degenerate"] = stats.degenerate(len(common))
         rows.append(row)
     return rows
 
@@ -220,14 +222,17 @@ TABLE_COLUMNS = ["model", "category", "items", "token_accuracy_with", "token_acc
 
 
 def cells(rows: list[dict]) -> list[dict[str, str]]:
-    """Each row as text; a gain with its paired 95% interval in brackets."""
-    def fmt(value, lo=None, hi=None) -> str:
+    """Each row as text; a gain with its paired 95% interval in brackets, or "degenerate" when
+    the items are too few for one (:func:`~.stats.degenerate`)."""
+    def fmt(value, lo=None, hi=None, degenerate=False) -> str:
         if isinstance(value, (int, str)) and not isinstance(value, bool):
             return str(value)
         if value is None or value != value:
             return "n/a"
         text = f"{value:+.3f}" if lo is not None else f"{value:.3f}"
-        if lo is not None and lo == lo and hi == hi:
+        if degenerate:
+            text += " (degenerate interval: too few items)"
+        elif lo is not None and lo == lo and hi == hi:
             text += f" [{lo:+.3f}, {hi:+.3f}]"
         return text
 
@@ -236,7 +241,8 @@ def cells(rows: list[dict]) -> list[dict[str, str]]:
         row = {}
         for c in TABLE_COLUMNS:
             if c.endswith("_gain") or c.endswith("_gain_vs_base"):
-                row[c] = fmt(r.get(c, float("nan")), r.get(f"{c}_lo", float("nan")), r.get(f"{c}_hi", float("nan")))
+                row[c] = fmt(r.get(c, float("nan")), r.get(f"{c}_lo", float("nan")), r.get(f"{c}_hi", float("nan")),
+                             bool(r.get(f"{c}_degenerate")))
             else:
                 row[c] = fmt(r.get(c, float("nan")))
         out.append(row)

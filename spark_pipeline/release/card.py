@@ -197,6 +197,8 @@ def _gain(row: dict, metric: str, suffix: str = "_gain") -> str:
     value, lo, hi = row.get(metric + suffix), row.get(f"{metric}{suffix}_lo"), row.get(f"{metric}{suffix}_hi")
     if value is None or value != value:
         return "-"
+    if row.get(f"{metric}{suffix}_degenerate"):
+        return f"{value:+.3f} (too few items for an interval)"
     if lo is None or hi is None or lo != lo or hi != hi:
         return f"{value:+.3f}"
     return f"{value:+.3f} [{lo:+.3f}, {hi:+.3f}]"
