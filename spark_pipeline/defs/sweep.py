@@ -182,7 +182,7 @@ def sweep_trials(context: dg.AssetExecutionContext, config: SweepConfig, storage
 )
 def sweep_analysis(context: dg.AssetExecutionContext, config: SweepConfig, storage: SparkStorage,
                    spark_config: SparkConfig):
-    from spark_pipeline.sweep.analysis import analyse, to_markdown
+    from spark_pipeline.sweep.analysis import analyse, deduplicate, to_markdown
     from spark_pipeline.sweep.study import open_study, storage_url
 
     sweep = _settings(spark_config, config.sweep)
@@ -200,7 +200,7 @@ def sweep_analysis(context: dg.AssetExecutionContext, config: SweepConfig, stora
     pq.write_table(pa.Table.from_pylist([{k: (json.dumps(v) if isinstance(v, list | dict) else v)
                                           for k, v in row.items()} for row in result["stability"]]),
                    folder / "stability.parquet")
-    plots = sweep_plots(result, runs, sweep, folder)
+    plots = sweep_plots(result, deduplicate(runs)[0], sweep, folder)  # the runs the analysis counted
     for w in result["warnings"]:
         context.log.warning(w)
     return dg.MaterializeResult(
