@@ -329,7 +329,11 @@ def reevaluation_schedule(context: dg.ScheduleEvaluationContext):
     eval_json = settings.storage_root() / "corpus" / "eval" / "eval.json"
     if not eval_json.exists():
         return dg.SkipReason("no evaluation sets yet")
-    eval_version = json.loads(eval_json.read_text())["sha256"]["in_domain"][:12]
+    import hashlib
+
+    # every split's hash (in-domain, held-out, spec-conditioned): a change to any is a new evaluation
+    splits = json.loads(eval_json.read_text())["sha256"]
+    eval_version = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:12]
     keys = context.instance.get_dynamic_partitions(checkpoint_partitions.name)
     return [dg.RunRequest(run_key=f"reeval:{k}:{eval_version}:{EVAL_CODE_VERSION}", partition_key=k,
                           asset_selection=[dg.AssetKey("checkpoint_eval")]) for k in keys]
