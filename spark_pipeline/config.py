@@ -67,7 +67,7 @@ def _load_files(profile: str, stamp: tuple) -> dict:
         if not isinstance(overlay, dict):
             raise ConfigError(f"configuration profile {path} must be a mapping of sections")
         hero = _merge(hero, overlay)
-    check(Profile, hero, "configuration", " over ".join(str(p) for p in profile_files(profile)))
+    check(Profile, hero, "configuration", where(profile))
     return hero
 
 
@@ -79,6 +79,11 @@ def profile_files(profile: str | None = None) -> list[Path]:
         path = CONFIG_DIR / f"{profile}.yaml"
         files.append(path if path.exists() else Path(profile).expanduser())
     return files
+
+
+def where(profile: str | None = None) -> str:
+    """The files a profile is read from, for a message: ``configs/hero.yaml over my.yaml``."""
+    return " over ".join(str(p) for p in profile_files(profile))
 
 
 def active_profile() -> str:

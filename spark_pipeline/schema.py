@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown, missing, of the wrong type or out of range; the
     message names the file, the key path and what was expected."""
+
+
+#: The kinds of number the sections use. A float setting takes ``int | float`` so that an
+#: integer in YAML stays an integer (settings are fingerprinted from their JSON).
+Count = Annotated[int, Field(ge=1)]
+Size = Annotated[int, Field(ge=0)]
+Share = Annotated[int | float, Field(ge=0, le=1)]
+Positive = Annotated[int | float, Field(gt=0)]
+NonNegative = Annotated[int | float, Field(ge=0)]
 
 
 class Strict(BaseModel):

@@ -8,18 +8,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from spark_pipeline.config import load_config, profile_files
-from spark_pipeline.schema import Strict, check, dotted
+from spark_pipeline.config import load_config, where
+from spark_pipeline.schema import Count, Positive, Share, Size, Strict, check, dotted
 
 #: Text per worker below which another process does not pay (corpus_bench: chunking runs at
 #: about 75 MB/s, cleaning at about 20 MB/s per core; a process pool costs about a second).
 BYTES_PER_WORKER = 16 * 1024 * 1024
 
 
-Count = Annotated[int, Field(ge=1)]
-Share = Annotated[int | float, Field(ge=0, le=1)]
-Ratio = Annotated[int | float, Field(gt=0)]
-Size = Annotated[int, Field(ge=0)]
 
 
 class ChunkingSettings(Strict):
@@ -27,7 +23,7 @@ class ChunkingSettings(Strict):
     """Parallel chunking workers (paper: 16), capped by the machine's cores."""
     max_chars: Count
     """Largest sample in characters (paper: 7,500, "about 2,048 tokens at 3.5 chars/token")."""
-    min_chars: Annotated[int, Field(ge=0)]
+    min_chars: Size
     """Chunks shorter than this are dropped with a reason (paper: 50)."""
 
     def effective_workers(self) -> int:
@@ -52,16 +48,16 @@ class CleaningSettings(Strict):
     """Tabs become this many spaces (paper: 4)."""
     max_garbage_ratio: Share
     """Reject a sample whose garbage share after cleaning exceeds this (paper: 0.70)."""
-    min_prose_words: Annotated[int, Field(ge=0)]
+    min_prose_words: Size
     """A sample without code indicators is kept only with this many words of prose (paper: 20)."""
 
 
 class MixtureSettings(Strict):
     max_tokens: Count
     """Each sample is cut to this many tokens (paper: 2,048) ..."""
-    chars_per_token: Ratio
+    chars_per_token: Positive
     """... counted at this many characters per token (paper: 4)."""
-    estimate_chars_per_token: Ratio
+    estimate_chars_per_token: Positive
     """Characters per token for the token estimates in the statistics (paper: 3.5)."""
     eos: Annotated[str, Field(min_length=1)]
     """Appended to every sample (paper: ``<|endoftext|>``)."""
@@ -91,7 +87,7 @@ class SpecConditionedSettings(Strict):
 
 
 class EvalSettings(Strict):
-    in_domain_samples: Annotated[int, Field(ge=0)]
+    in_domain_samples: Size
     """Size of the in-domain set, stratified over categories (paper: 2,270)."""
     tail_shards: Count
     """Drawn from the last this-many Parquet shards of each category (paper: 2)."""
@@ -120,5 +116,4 @@ class CorpusSettings(Strict):
         cfg = load_config(profile)["corpus"]
         for section, values in (overrides or {}).items():
             cfg.setdefault(section, {}).update(values)
-        where = " over ".join(str(p) for p in profile_files(profile))
-        return check(cls, cfg, "corpus settings", where, dotted("corpus"))
+        return check(cls, cfg, "corpus settings", where(profile), dotted("corpus"))

@@ -7,12 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from spark_pipeline.config import load_config, profile_files
+from spark_pipeline.config import load_config, where
 from spark_pipeline.llm import LLMConfig
-from spark_pipeline.schema import Strict, check, dotted
-
-Count = Annotated[int, Field(ge=1)]
-Size = Annotated[int, Field(ge=0)]
+from spark_pipeline.schema import Count, Size, Strict, check, dotted
 
 
 class ExternalModel(Strict):
@@ -80,5 +77,4 @@ class EvalSettings(Strict):
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> EvalSettings:
         values = {**load_config(profile)["evaluation"], **(overrides or {})}
         values["external_models"] = tuple(values.get("external_models") or ())
-        where = " over ".join(str(p) for p in profile_files(profile))
-        return check(cls, values, "evaluation settings", where, dotted("evaluation"))
+        return check(cls, values, "evaluation settings", where(profile), dotted("evaluation"))

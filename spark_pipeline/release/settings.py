@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from spark_pipeline.config import load_config, profile_files
-from spark_pipeline.schema import Strict, check, dotted
+from spark_pipeline.config import load_config, where
+from spark_pipeline.schema import Count, Size, Strict, check, dotted
 
 Dtype = Literal["bfloat16", "float16", "float32"]
 
@@ -21,9 +21,9 @@ class ReleaseSettings(Strict):
     license: str = "apache-2.0"
     """OLMo-3's licence; a release of it carries the same."""
     model_name: Annotated[str, Field(min_length=1)] = "spark-cpt"
-    verify_samples: Annotated[int, Field(ge=1)] = 8
+    verify_samples: Count = 8
     """Evaluation samples whose logits compare merged with base + adapter."""
-    serving_ppl_samples: Annotated[int, Field(ge=0)] = 64
+    serving_ppl_samples: Size = 64
     """In-domain samples for the cost of leaving out the embedding adapters."""
     serving_max_tokens: Annotated[int, Field(ge=16)] = 2048
     """Each of those samples cut to this many tokens."""
@@ -32,5 +32,4 @@ class ReleaseSettings(Strict):
 
     @classmethod
     def load(cls, profile: str | None = None) -> ReleaseSettings:
-        where = " over ".join(str(p) for p in profile_files(profile))
-        return check(cls, load_config(profile).get("release") or {}, "release settings", where, dotted("release"))
+        return check(cls, load_config(profile).get("release") or {}, "release settings", where(profile), dotted("release"))

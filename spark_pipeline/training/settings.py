@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, create_model, field_validator
 
-from spark_pipeline.config import load_config, profile_files
-from spark_pipeline.schema import ConfigError, Strict, check, dotted
+from spark_pipeline.config import load_config, where
+from spark_pipeline.schema import ConfigError, Count, NonNegative, Positive, Size, Strict, check, dotted
 from spark_pipeline.training.model import LORA_TARGETS
 
 
@@ -32,25 +32,24 @@ def _as_tuple(value):
 
 
 Beta = Annotated[int | float, Field(ge=0, lt=1)]
-PositiveInt = Annotated[int, Field(ge=1)]
 Target = Literal[LORA_TARGETS]  # type: ignore[valid-type]
 
 
 class ModelShape(Strict):
     """The OLMo-3 architecture the embedded model is built with (and the FLOPs are counted on)."""
 
-    hidden_size: PositiveInt
-    intermediate_size: PositiveInt
-    num_hidden_layers: PositiveInt
-    num_attention_heads: PositiveInt
-    num_key_value_heads: PositiveInt
-    vocab_size: PositiveInt
-    max_position_embeddings: PositiveInt
-    sliding_window: PositiveInt
-    full_attention_every: PositiveInt
-    rope_theta: Annotated[int | float, Field(gt=0)]
-    pad_token_id: Annotated[int, Field(ge=0)]
-    eos_token_id: Annotated[int, Field(ge=0)]
+    hidden_size: Count
+    intermediate_size: Count
+    num_hidden_layers: Count
+    num_attention_heads: Count
+    num_key_value_heads: Count
+    vocab_size: Count
+    max_position_embeddings: Count
+    sliding_window: Count
+    full_attention_every: Count
+    rope_theta: Positive
+    pad_token_id: Size
+    eos_token_id: Size
 
 
 class TrainingSettings(Strict):
@@ -66,46 +65,46 @@ class TrainingSettings(Strict):
     """``dolma2-offline``, ``base_model`` or ``hf:<path>``."""
     max_length: Annotated[int, Field(ge=16)]
     """Packed sequence length (paper: 2,048)."""
-    lora_r: PositiveInt
-    lora_alpha: Annotated[int | float, Field(gt=0)]
+    lora_r: Count
+    lora_alpha: Positive
     lora_dropout: Annotated[int | float, Field(ge=0, lt=1)]
     use_rslora: bool
-    learning_rate: Annotated[int | float, Field(gt=0)]
-    embedding_lr_ratio: Annotated[int | float, Field(ge=0)]
+    learning_rate: Positive
+    embedding_lr_ratio: NonNegative
     """embed_tokens and lm_head adapters learn at this share of the main rate (paper: 0.5)."""
-    weight_decay: Annotated[int | float, Field(ge=0)]
+    weight_decay: NonNegative
     betas: Annotated[tuple[Beta, Beta], BeforeValidator(_as_tuple)]
     warmup_ratio: Annotated[int | float, Field(ge=0, lt=1)]
     """Linear warm-up over this share of the schedule's horizon, then cosine decay to zero (paper: 0.10)."""
-    max_grad_norm: Annotated[int | float, Field(gt=0)]
+    max_grad_norm: Positive
     seed: int
-    per_device_batch_size: PositiveInt
-    gradient_accumulation: PositiveInt
-    gpus: PositiveInt
+    per_device_batch_size: Count
+    gradient_accumulation: Count
+    gpus: Count
     activation_checkpointing: bool
-    ddp_bucket_cap_mb: PositiveInt
-    process_group_timeout_s: PositiveInt
-    save_every_steps: PositiveInt
-    max_steps: PositiveInt
+    ddp_bucket_cap_mb: Count
+    process_group_timeout_s: Count
+    save_every_steps: Count
+    max_steps: Count
     """A hard stop: the run ends after this step whatever the schedule says."""
     gpu_env: dict[str, str | int] = {}
     """NCCL transport and CUDA allocator settings (§4.6), applied on GPU machines only."""
-    schedule_horizon: Literal["epoch"] | PositiveInt = "epoch"
+    schedule_horizon: Literal["epoch"] | Count = "epoch"
     """The cosine schedule's length: ``epoch`` (the steps one pass over the packed data takes,
     as in the paper) or a number of steps; separate from ``max_steps``."""
     mixed_precision: Literal["bf16", "no"] = "no"
     """``bf16``: the forward runs under bfloat16 autocast, so the LoRA matmuls (PEFT keeps
     adapters in fp32) run in bf16 while the optimizer updates fp32 master weights; ``no``."""
-    loss_chunk_tokens: Annotated[int, Field(ge=0)] = 512
+    loss_chunk_tokens: Size = 512
     """The loss is computed over the vocabulary this many tokens at a time, each chunk's
     logits recomputed in backward; 0 uses the model's own loss (full logits)."""
     termination_grace_s: Annotated[int, Field(ge=5)] = 300
     """Seconds between SIGTERM and SIGKILL (torchrun's ``--shutdown-timeout``): the emergency
     checkpoint must be written within it."""
-    upload_deadline_s: Annotated[int, Field(ge=0)] = 1800
+    upload_deadline_s: Size = 1800
     """A finished run waits at most this long for its checkpoint uploads, then reports the
     pending ones and ends (``spark upload`` finishes them)."""
-    nan_limit: PositiveInt = 3
+    nan_limit: Count = 3
     param_norm_factor: Annotated[int | float, Field(gt=1)] = 2.0
     """An adapter parameter norm more than this many times the previous step's stops the run."""
     lora_target_modules: Annotated[tuple[Target, ...], Field(min_length=1), BeforeValidator(_as_tuple)] = LORA_TARGETS
@@ -122,13 +121,12 @@ class TrainingSettings(Strict):
     def load(cls, profile: str | None = None, overrides: dict | None = None) -> TrainingSettings:
         """The profile's ``training`` section (checked whole: an unknown key anywhere in it is
         an error naming the nearest valid one), flattened, with ``overrides`` on top."""
-        where = " over ".join(str(p) for p in profile_files(profile))
-        section = check(TrainingSection, load_config(profile)["training"], "training settings", where,
+        section = check(TrainingSection, load_config(profile)["training"], "training settings", where(profile),
                         dotted("training"), SettingsError)
         values = {name: _get(section, path) for name, path in TREE.items()}
         values["base_model"] = values["base_model"] or ""
         values.update(overrides or {})
-        return check(cls, values, "training settings", where, lambda loc: _tree_key(loc), SettingsError)
+        return check(cls, values, "training settings", where(profile), lambda loc: _tree_key(loc), SettingsError)
 
     def to_dict(self) -> dict:
         d = self.model_dump()
