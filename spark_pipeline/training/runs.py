@@ -122,7 +122,7 @@ def latest_run_with_checkpoints(storage: Path, name: str, upload_root: str = "")
     """The newest run id of ``name`` that has a complete checkpoint, locally or (when
     ``upload_root`` is set) in the bucket; ``None`` if no run has one."""
     ids = {folder.name for folder in run_folders(storage, name)
-           if any((c / "trainer_state.json").exists() and healthy(c) for c in (folder / "checkpoints").glob("*-*"))}
+           if run_checkpoints(folder, ("checkpoints",), healthy_only=True)}
     if upload_root:
         ids |= {run for (n, run, _) in _bucket_folders(upload_root) if n == name}
     return max(ids) if ids else None
@@ -151,13 +151,15 @@ def _differences(there: dict, here: dict, keys=None, limit: int = 5) -> list[str
     return differ[:limit] + ([f"{len(differ) - limit} more"] if len(differ) > limit else [])
 
 
-def _checkpoints(run_dir: Path) -> list[tuple[int, str, Path]]:
-    """The complete checkpoints in a run folder (downloaded ones too): (step, name as shown, folder)."""
+def run_checkpoints(run_dir: Path, subfolders=("checkpoints", "downloaded"),
+                    healthy_only: bool = False) -> list[tuple[int, str, Path]]:
+    """The complete checkpoints of a run folder (regular and emergency; downloaded ones too by
+    default), by step: (step, name as shown, folder)."""
     found = []
-    for sub in ("checkpoints", "downloaded"):
-        for folder in (run_dir / sub).glob("*-*"):
+    for sub in subfolders:
+        for folder in (Path(run_dir) / sub).glob("*-*"):
             state = folder / "trainer_state.json"
-            if folder.is_dir() and state.exists():
+            if folder.is_dir() and state.exists() and (healthy(folder) or not healthy_only):
                 name = folder.name if sub == "checkpoints" else f"{sub}/{folder.name}"
                 found.append((int(json.loads(state.read_text())["step"]), name + ("" if healthy(folder) else
                                                                                   " (UNHEALTHY)"), folder))
@@ -169,7 +171,7 @@ def run_outputs(run_dir: Path) -> list[str]:
     ``result.json`` (with how it ended) and ``metrics.jsonl``; empty for a new or only prepared folder."""
     run_dir = Path(run_dir)
     held = []
-    checkpoints = _checkpoints(run_dir)
+    checkpoints = run_checkpoints(run_dir)
     if checkpoints:
         held.append("checkpoints " + ", ".join(name for _, name, _ in checkpoints))
     result = run_dir / "result.json"
@@ -259,7 +261,7 @@ def claim_run_folder(run_dir: Path, settings: dict, resume: str = "", resolved: 
                              "the new run from that checkpoint in a new folder, or continue this one (--resume latest)")
     if continuing:
         step = _step_of(resolved)
-        later = [name for s, name, _ in _checkpoints(run_dir) if step is not None and s > step]
+        later = [name for s, name, _ in run_checkpoints(run_dir) if step is not None and s > step]
         if upload and step is not None:
             later += [f"{upload.rstrip('/')}/{name}" for name, s in sorted(list_checkpoints(upload).items())
                       if s > step]

@@ -35,7 +35,6 @@ from spark_pipeline.training.batches import StepBatches
 from spark_pipeline.training.checkpoint import (
     code_version,
     load_checkpoint,
-    load_trainer_state,
     save_checkpoint,
 )
 from spark_pipeline.training.health import HealthMonitor
@@ -64,12 +63,9 @@ def latest_checkpoint(run_dir: Path, upload: str = "") -> str | None:
     """The checkpoint with the highest step among the run's healthy local checkpoints
     (regular and emergency) and, when ``upload`` names the run's bucket prefix, its
     completed uploads there (a path or a gs:// URL)."""
-    from spark_pipeline.training.runs import healthy
+    from spark_pipeline.training.runs import run_checkpoints
 
-    candidates: list[tuple[int, str]] = []
-    for folder in (run_dir / "checkpoints").glob("*-*"):
-        if (folder / "trainer_state.json").exists() and healthy(folder):
-            candidates.append((load_trainer_state(folder)["step"], str(folder)))
+    candidates = [(step, str(folder)) for step, _, folder in run_checkpoints(run_dir, ("checkpoints",), True)]
     if upload:
         from spark_pipeline.training.gcs import list_checkpoints
 
