@@ -581,3 +581,13 @@ def test_two_paired_samples_with_a_constant_difference_name_no_winner_and_no_reg
                if r["model"] == adapter and r["category"] == "crypto")
     assert row["flag"] == "regression" and not row["ppl_reduction_vs_base_degenerate"]
     assert stats.degenerate(5) and not stats.degenerate(6)
+
+
+def test_every_column_of_the_ui_tables_is_described():
+    """The UI shows each column's description beside its name: a column added without one is a gap."""
+    from spark_pipeline.evaluation import speccond
+    from spark_pipeline.evaluation.report import COLUMN_DESCRIPTIONS, TABLE_COLUMNS
+
+    for columns, described in ((TABLE_COLUMNS, COLUMN_DESCRIPTIONS),
+                               (speccond.TABLE_COLUMNS, speccond.COLUMN_DESCRIPTIONS)):
+        assert [c for c in columns if not described.get(c)] == []

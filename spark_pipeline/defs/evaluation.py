@@ -122,7 +122,8 @@ def _spec_metadata(spec_rows: list[dict]) -> dict:
 
     if not spec_rows:
         return {"spec_conditioned": dg.MetadataValue.md("no spec-conditioned items: the held-out pairs gave none")}
-    out = {"spec_conditioned": table_metadata(speccond.cells(spec_rows), speccond.TABLE_COLUMNS),
+    out = {"spec_conditioned": table_metadata(speccond.cells(spec_rows), speccond.TABLE_COLUMNS,
+                                              speccond.COLUMN_DESCRIPTIONS),
            "spec_conditioned_note": dg.MetadataValue.md(speccond.NOTE)}
     for r in spec_rows:
         if r["category"] == "all":

@@ -221,6 +221,26 @@ TABLE_COLUMNS = ["model", "category", "items", "token_accuracy_with", "token_acc
                  "compile_rate_items", "compile_rate_gain", "token_accuracy_gain_vs_base", "ident_match_gain_vs_base"]
 
 
+#: what each column of the spec-conditioned table is, as the UI shows it beside the column's name
+_GAIN = "with minus without the section, the same items [95% paired bootstrap interval; 'degenerate' under 6 items]"
+COLUMN_DESCRIPTIONS = {
+    "model": "base or adapter:<checkpoint>",
+    "category": "domain category of the held-out pair, or all",
+    "items": "items scored: a datasheet section, the first half of the code that implements it, the rest to complete",
+    "token_accuracy_with": "generative token accuracy with the section before the code prefix",
+    "token_accuracy_without": "generative token accuracy from the code prefix alone",
+    "token_accuracy_gain": f"token accuracy {_GAIN}",
+    "ident_match_items": "items whose reference names hardware identifiers (hex constants, masks, register names)",
+    "ident_match_with": "share of the reference's hardware identifiers generated, with the section",
+    "ident_match_without": "share of the reference's hardware identifiers generated, without the section",
+    "ident_match_gain": f"identifier match {_GAIN}",
+    "compile_rate_items": "items whose own code compiles (gcc -fsyntax-only), the only ones a compile rate can judge",
+    "compile_rate_gain": f"compile rate {_GAIN}",
+    "token_accuracy_gain_vs_base": "the adapter's token-accuracy gain minus the base's [95% paired interval]",
+    "ident_match_gain_vs_base": "the adapter's identifier-match gain minus the base's [95% paired interval]",
+}
+
+
 def cells(rows: list[dict]) -> list[dict[str, str]]:
     """Each row as text; a gain with its paired 95% interval in brackets, or "degenerate" when
     the items are too few for one (:func:`~.stats.degenerate`)."""
