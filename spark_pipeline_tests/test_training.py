@@ -110,7 +110,7 @@ def test_dual_learning_rates_and_cosine_schedule():
     assert max(f[100:]) == 0.0, "past the horizon the rate stays at zero (a bare cosine would rise again)"
 
 
-def multipliers(horizon: int, warmup_ratio: float, steps: int, start: dict | None = None) -> list[float]:
+def multipliers(horizon: int, warmup_ratio: float, steps: int) -> list[float]:
     """The schedule's multiplier of the initial rate at each step, for both parameter groups."""
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     opt = torch.optim.AdamW([{"params": [params[0]], "lr": 2e-4}, {"params": [params[1]], "lr": 1e-4}])
